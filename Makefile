@@ -1,0 +1,35 @@
+# Two commands: `make demo` and `make test`. Each creates or updates .venv by itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+CONSTRAINTS := constraints.txt
+
+.PHONY: demo test lint venv-core venv-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps record what was installed so an unchanged tree is not re-installed.
+$(VENV)/.core: $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(PIP) install -q -c $(CONSTRAINTS) -e .
+	touch $@
+
+$(VENV)/.dev: $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[torch,dev]'
+	touch $@ $(VENV)/.core
+
+venv-core: $(VENV)/.core
+venv-dev: $(VENV)/.dev
+
+demo: venv-core
+	$(BIN)/python -m jax_sft.demo
+
+test: venv-dev
+	$(BIN)/python -m pytest -q
+
+lint: venv-dev
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""The JAX/Flax backend of jax-sft. Never imports torch."""

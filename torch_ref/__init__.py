@@ -1,0 +1,1 @@
+"""The PyTorch/DeepSpeed reference backend of jax-sft. Never imports jax."""
