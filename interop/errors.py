@@ -7,3 +7,7 @@ every other exception is a bug and keeps its traceback.
 
 class UserError(Exception):
     """A user-facing error; its message names the file, line or field at fault."""
+
+
+class BackendError(Exception):
+    """Another process we started (e.g. the PyTorch side) failed; carries its stderr tail."""

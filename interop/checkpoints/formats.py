@@ -1,0 +1,32 @@
+"""Recognising a checkpoint's format from what lies on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from interop.checkpoints.hf import is_hf_dir
+from interop.errors import UserError
+
+ORBAX_PARAMS = "params"
+
+
+def is_orbax_model_dir(path: str | Path) -> bool:
+    """Our Orbax model layout: `config.json` plus an Orbax tree under `params/`."""
+    p = Path(path)
+    return (p / "config.json").is_file() and (p / ORBAX_PARAMS / "_CHECKPOINT_METADATA").is_file()
+
+
+def detect_format(path: str | Path) -> str:
+    """'hf' or 'orbax'; a UserError naming the path when it is neither."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such file or directory")
+    if is_orbax_model_dir(p):
+        return "orbax"
+    if is_hf_dir(p):
+        return "hf"
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise UserError(f"{p}: no config.json (not a Hugging Face or Orbax model directory)")
+    raise UserError(
+        f"{p}: not a recognised checkpoint (expected a Hugging Face or Orbax directory)"
+    )

@@ -1,0 +1,345 @@
+"""The run-config schema that every front end fills and both backends read.
+
+One YAML file (or a ds_config.json / DeepSpeed-Chat flags, translated elsewhere) becomes
+one validated `RunConfig`. Every section forbids unknown keys, so a typo such as
+`train.max_stepz` fails at load time with the file and the dotted key, instead of being
+silently ignored. `--set a.b=value` overrides are merged into the raw mapping before
+validation, so they obey exactly the same rules as the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from interop.errors import UserError
+from interop.tiny_configs import TINY_CONFIGS
+
+DEFAULT_TINY = "tiny-llama"
+Dtype = Literal["float32", "bfloat16", "float16"]
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+# Attention and MLP projections of the Llama/Qwen2, OPT and GPT-2 families (our names).
+DEFAULT_SPARSE_TARGET = [
+    r"(.*\.)?(q_proj|k_proj|v_proj|o_proj|out_proj|gate_proj|up_proj|down_proj"
+    r"|fc1|fc2|c_attn|c_proj|c_fc)\.kernel"
+]
+
+
+class _Section(BaseModel):
+    """Base of every section: unknown keys are errors, fields may be given by alias."""
+
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
+
+
+def _check_regexes(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+    return patterns
+
+
+class ModelConfig(_Section):
+    """Which model to fine-tune: a local HF/Orbax directory or a named tiny config."""
+
+    path: str | None = None
+    tiny: str | None = None
+    dtype: Dtype = "float32"
+    param_dtype: Dtype = "float32"
+    remat: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_tiny(cls, data: Any) -> Any:
+        """A section naming neither source gets the default tiny model, like a missing one."""
+        if isinstance(data, dict) and "path" not in data and "tiny" not in data:
+            return {**data, "tiny": DEFAULT_TINY}
+        return data
+
+    @field_validator("tiny")
+    @classmethod
+    def _known_tiny(cls, name: str | None) -> str | None:
+        if name is not None and name not in TINY_CONFIGS:
+            raise ValueError(f"unknown tiny model {name!r} (known: {', '.join(TINY_CONFIGS)})")
+        return name
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.path is None) == (self.tiny is None):
+            state = "both are set" if self.path is not None else "neither is set"
+            raise ValueError(f"set exactly one of model.path and model.tiny ({state})")
+        return self
+
+
+class DataSource(_Section):
+    """One dataset file (JSON list or JSONL) and its sampling weight."""
+
+    path: str
+    format: Literal["auto", "prompt_chosen", "prompt_completion", "messages", "text"] = "auto"
+    weight: PositiveFloat = 1.0
+
+
+class DataConfig(_Section):
+    """Tokenization, loss masking, padding/packing and the DeepSpeed-Chat style split."""
+
+    sources: list[DataSource] = []
+    tokenizer: str | None = None
+    max_seq_len: Annotated[int, Field(ge=2)] = 512
+    loss_on: Literal["all", "completion"] = "all"
+    packing: bool = False
+    data_split: str = "10,0,0"
+    phase: Annotated[int, Field(ge=1, le=3)] = 1
+    eval_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    seed: NonNegativeInt = 1234
+
+    @field_validator("data_split")
+    @classmethod
+    def _three_fractions(cls, split: str) -> str:
+        parts = split.split(",")
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) != 3 or min(values) < 0 or sum(values) <= 0:
+            raise ValueError(f"expected three non-negative numbers like '2,4,4', got {split!r}")
+        return split
+
+
+class OptimConfig(_Section):
+    """AdamW hyper-parameters (DeepSpeed-Chat defaults for betas and clipping)."""
+
+    name: Literal["adamw"] = "adamw"
+    learning_rate: NonNegativeFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.0
+    betas: tuple[Beta, Beta] = (0.9, 0.95)
+    eps: PositiveFloat = 1e-8
+    grad_clip: PositiveFloat | None = 1.0
+
+
+class ScheduleConfig(_Section):
+    """Learning-rate schedule, with the formulas of `transformers.get_scheduler`."""
+
+    type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_steps: NonNegativeInt = 0
+
+
+class SparseConfig(_Section):
+    """Sparse fine-tuning: which entries of which weights train, and how they are chosen.
+
+    The budget is one of `density` (fraction of each targeted weight), `num_tunable`
+    (total entries) or `match_lora_rank` (as many entries as a LoRA of that rank).
+    """
+
+    method: Literal["none", "random", "magnitude", "fisher", "lt-sft", "bitfit", "spiel"] = "none"
+    density: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    num_tunable: PositiveInt | None = None
+    match_lora_rank: PositiveInt | None = None
+    target: list[str] = Field(default_factory=lambda: list(DEFAULT_SPARSE_TARGET))
+    dense_trainable: list[str] = []
+    allocation: Literal["proportional", "global"] = "proportional"
+    reselect_every: PositiveInt = 20
+    accumulate_steps: PositiveInt = 5
+    fisher_samples: PositiveInt = 64
+    dense_steps: NonNegativeInt = 100
+    regularization: Literal["none", "l1", "l2"] = "none"
+    reg_weight: NonNegativeFloat = 0.0
+
+    _regexes = field_validator("target", "dense_trainable")(_check_regexes)
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> SparseConfig:
+        budgets = ("density", "num_tunable", "match_lora_rank")
+        given = [f"sparse.{name}" for name in budgets if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"set at most one of {', '.join(given)}")
+        return self
+
+
+class LoraConfig(_Section):
+    """LoRA adapters in peft's layout; rank 0 turns LoRA off."""
+
+    rank: NonNegativeInt = 0
+    alpha: PositiveFloat = 16.0
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    target_modules: list[str] = ["q_proj", "v_proj"]
+
+
+class ParallelConfig(_Section):
+    """Device mesh (data, fsdp, tensor) and the ZeRO stage it emulates; -1 = the rest."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    @model_validator(mode="after")
+    def _mesh_sizes(self) -> ParallelConfig:
+        axes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        for name, size in axes.items():
+            if size != -1 and size < 1:
+                raise ValueError(f"parallel.{name} must be >= 1 or -1 (the rest), got {size}")
+        rest = [f"parallel.{name}" for name, size in axes.items() if size == -1]
+        if len(rest) > 1:
+            raise ValueError(f"at most one mesh axis may be -1, got {' and '.join(rest)}")
+        return self
+
+
+class TrainConfig(_Section):
+    """Loop length, batch sizes, and how often to log, evaluate and save."""
+
+    output_dir: str = "out/run"
+    max_steps: PositiveInt | None = None
+    epochs: PositiveInt = 1
+    micro_batch_size: PositiveInt = 4
+    gradient_accumulation_steps: PositiveInt = 1
+    seed: NonNegativeInt = 1234
+    log_every: PositiveInt = 10
+    eval_every: PositiveInt | None = None
+    save_every: PositiveInt | None = None
+    keep_checkpoints: PositiveInt = 3
+
+
+class LoggingConfig(_Section):
+    """Where progress goes; `json` (attribute `as_json`) ends output with one JSON line."""
+
+    tensorboard: bool = False
+    progress_bar: bool = True
+    as_json: bool = Field(False, alias="json")
+
+
+class RunConfig(_Section):
+    """A whole run; every section has defaults, so an empty file is a valid config."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    sparse: SparseConfig = Field(default_factory=SparseConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
+def _split_override(item: str) -> tuple[list[str], Any]:
+    key, sep, text = item.partition("=")
+    keys = key.strip().split(".")
+    if not sep or not all(keys):
+        raise UserError(f"--set {item}: expected KEY=VALUE with a dotted KEY, e.g. train.seed=1")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UserError(f"--set {item}: the value is not valid YAML") from None
+    return keys, value
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """A copy of `data` with each `a.b=value` applied in order (value parsed as YAML).
+
+    Missing intermediate mappings are created; the schema is checked later, by validation.
+    """
+    result = copy.deepcopy(data)
+    for item in overrides:
+        keys, value = _split_override(item)
+        node = result
+        for depth, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                where = ".".join(keys[: depth + 1])
+                raise UserError(f"--set {item}: {where} is {child!r}, not a section")
+            node = child
+        node[keys[-1]] = value
+    return result
+
+
+def _read_yaml(path: str | os.PathLike) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f": line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise UserError(f"{path}{where}: invalid YAML ({problem})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        kind = type(raw).__name__
+        raise UserError(f"{path}: the top level must be a mapping of sections, not a {kind}")
+    # A section whose keys are all commented out reads as null; treat it as empty.
+    return {key: {} if value is None else value for key, value in raw.items()}
+
+
+def _describe(error: dict) -> tuple[str, str]:
+    """The dotted location of one pydantic error and a one-line message for it."""
+    loc = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return loc, f"unknown key '{loc}'"
+    if error["type"] == "value_error":
+        message = str(error["ctx"]["error"])
+    else:
+        message = error["msg"]
+    return loc, f"{loc}: {message}" if loc else message
+
+
+def _source(path: str | os.PathLike | None, loc: str, overrides: Sequence[str]) -> str:
+    """Who to name for an error at `loc`: the `--set` item that set it, else the file.
+
+    An override that set `loc` or a section containing it takes the blame alone; one that
+    set a key inside `loc` (a section-level check failed) is named beside the file.
+    """
+    inside = None
+    for item in reversed(overrides):
+        key = item.partition("=")[0].strip()
+        if key == loc or loc.startswith(key + "."):
+            return f"--set {item}"
+        if inside is None and key.startswith(loc + "."):
+            inside = item
+    if inside is None:
+        return os.fspath(path) if path is not None else "--set"
+    return f"--set {inside}" if path is None else f"{os.fspath(path)} with --set {inside}"
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML run config (None = all defaults), apply `--set` overrides, validate.
+
+    Every mistake raises UserError with one line naming the file (or the `--set` item)
+    and the dotted key at fault.
+    """
+    data = _read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        loc, message = _describe(exc.errors()[0])
+        raise UserError(f"{_source(path, loc, overrides)}: {message}") from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The config as YAML text, every field written out; `load_config` reads it back equal."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)

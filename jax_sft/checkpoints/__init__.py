@@ -1,0 +1,1 @@
+"""Reading and writing model checkpoints from the JAX side (HF and Orbax)."""

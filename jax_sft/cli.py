@@ -1,0 +1,42 @@
+"""`jax-sft` entry point: dispatch to a subcommand; user errors exit 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from interop.errors import BackendError, UserError
+from jax_sft.commands import compare, config, convert
+
+COMMANDS = (convert, compare, config)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is a one-line message and exit status 2 like other user errors."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="jax-sft", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args) or 0
+    except UserError as err:
+        print(f"jax-sft: error: {err}", file=sys.stderr)
+        return 2
+    except BackendError as err:
+        print(f"jax-sft: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""`jax-sft convert SRC DST --to {hf,orbax}`: checkpoint conversion, source detected."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from interop.outputs import output_dir
+
+from interop.report import emit
+from jax_sft.checkpoints.loading import FORMATS, read_checkpoint, write_checkpoint
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert a checkpoint between formats")
+    p.add_argument("src", help="source checkpoint directory (format detected)")
+    p.add_argument("dst", help="destination directory (must not exist unless --overwrite)")
+    p.add_argument("--to", required=True, choices=FORMATS, help="destination format")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--max-shard-size", default="5GB", help="HF shard size (e.g. 5GB, 500MB)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    src, dst = Path(args.src), Path(args.dst)
+    with output_dir(dst, args.overwrite) as tmp:
+        fmt, config, flat = read_checkpoint(src)
+        write_checkpoint(
+            tmp, args.to, config, flat, tokenizer_src=src, max_shard_size=args.max_shard_size
+        )
+    nbytes = sum(a.nbytes for a in flat.values())
+    summary = {
+        "src": str(src),
+        "src_format": fmt,
+        "dst": str(dst),
+        "dst_format": args.to,
+        "tensors": len(flat),
+        "bytes": nbytes,
+    }
+    line = f"converted {src} ({fmt}) -> {dst} ({args.to}): {len(flat)} tensors, {nbytes:,} bytes"
+    emit([line], summary, args.json)
+    return 0

@@ -1,0 +1,61 @@
+"""Masks, positions and grouped-query dot-product attention shared by every family.
+
+One mask rule serves padding (left or right), packing and causality: query i may attend
+key j when j <= i, key j is a real token, and both carry the same segment id. Rows that
+may attend nothing (a left-padding query) get uniform weights instead of NaNs; their
+outputs are never used.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def default_positions(attention_mask: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+    """Position of each token within its sequence (or packed segment); pads get 0.
+
+    A left-padded row thus sees the same positions as the unpadded row would.
+    """
+    mask = attention_mask.astype(jnp.int32)
+    if segment_ids is None:
+        return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+    # Count real tokens seen so far within the current segment.
+    idx = jnp.arange(mask.shape[-1])
+    starts = jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
+        axis=-1,
+    )
+    start_idx = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+    csum = jnp.cumsum(mask, axis=-1)
+    before = jnp.take_along_axis(csum - mask, start_idx, axis=-1)
+    return jnp.maximum(csum - before - 1, 0)
+
+
+def causal_mask(attention_mask: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+    """Boolean [batch, 1, q, k]: causal, key not padding, same segment."""
+    seq = attention_mask.shape[-1]
+    allowed = jnp.tril(jnp.ones((seq, seq), bool))[None, :, :]
+    allowed = allowed & attention_mask.astype(bool)[:, None, :]
+    if segment_ids is not None:
+        allowed = allowed & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    return allowed[:, None, :, :]
+
+
+def dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, scale: float
+) -> jax.Array:
+    """Softmax attention with grouped key/value heads.
+
+    q: [batch, q_len, heads, head_dim]; k, v: [batch, k_len, kv_heads, head_dim];
+    allowed: boolean, broadcastable to [batch, 1, q_len, k_len]. Scores and softmax are fp32.
+    Returns [batch, q_len, heads, head_dim] in q's dtype.
+    """
+    b, s, h, d = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, s, kv, h // kv, d)
+    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(allowed[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgst,btkd->bskgd", weights, v)
+    return out.reshape(b, s, h, d)

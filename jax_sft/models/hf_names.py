@@ -1,0 +1,147 @@
+"""Declarative name tables between our parameter paths and Hugging Face tensor names.
+
+Each model family keeps one `NameTable` beside its model: rows of (our path, HF name,
+transform), where `{i}` stands for a layer index. Transforms are exact re-layouts
+(transpose, reshape), so converting in either direction never changes a bit. Conversion
+works on numpy arrays one tensor at a time and checks every shape against the model that
+the HF config describes, so a wrong checkpoint fails with the tensor's name, not deep
+inside a forward pass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from interop.errors import UserError
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Transform:
+    """How an HF tensor's layout differs from ours; `kind` is identity, transpose or merge."""
+
+    kind: str = "identity"
+    merged: int = 0  # merge: how many trailing dims of ours form HF's last dim
+
+    def to_hf(self, x: np.ndarray) -> np.ndarray:
+        if self.kind == "transpose":
+            return np.ascontiguousarray(x.T)
+        if self.kind == "merge":
+            return x.reshape(self.hf_shape(x.shape))
+        return x
+
+    def to_ours(self, x: np.ndarray, our_shape: Shape) -> np.ndarray:
+        if self.kind == "transpose":
+            return np.ascontiguousarray(x.T)
+        if self.kind == "merge":
+            return x.reshape(our_shape)
+        return x
+
+    def hf_shape(self, our_shape: Shape) -> Shape:
+        if self.kind == "transpose":
+            return tuple(reversed(our_shape))
+        if self.kind == "merge":
+            head = our_shape[: len(our_shape) - self.merged]
+            return (*head, int(np.prod(our_shape[len(head) :])))
+        return tuple(our_shape)
+
+
+IDENTITY = Transform()
+TRANSPOSE = Transform("transpose")
+
+
+def merge_tail(dims: int) -> Transform:
+    """Our last `dims` dimensions are one dimension in HF (e.g. GPT-2's fused q/k/v)."""
+    return Transform("merge", dims)
+
+
+@dataclass(frozen=True)
+class Rule:
+    ours: str
+    hf: str
+    transform: Transform = IDENTITY
+
+
+def _pattern(template: str) -> re.Pattern:
+    return re.compile(re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+
+
+@dataclass(frozen=True)
+class NameTable:
+    """One family's mapping; `base_prefix` is what bare base-model checkpoints omit."""
+
+    rules: tuple[Rule, ...]
+    base_prefix: str = ""
+    ignored: tuple[str, ...] = ()
+    _ours: tuple[re.Pattern, ...] = field(init=False, repr=False)
+    _hf: tuple[re.Pattern, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_ours", tuple(_pattern(r.ours) for r in self.rules))
+        object.__setattr__(self, "_hf", tuple(_pattern(r.hf) for r in self.rules))
+
+    def to_hf_name(self, path: str) -> tuple[str, Transform]:
+        for rule, pat in zip(self.rules, self._ours, strict=True):
+            m = pat.match(path)
+            if m:
+                return rule.hf.format(**m.groupdict()), rule.transform
+        raise KeyError(f"no Hugging Face name for parameter {path}")
+
+    def to_our_path(self, hf_name: str) -> tuple[str, Transform] | None:
+        """Our path for an HF name (with or without the base prefix), None if ignored."""
+        if any(re.fullmatch(p, hf_name) for p in self.ignored):
+            return None
+        for candidate in (hf_name, self.base_prefix + hf_name):
+            for rule, pat in zip(self.rules, self._hf, strict=True):
+                m = pat.match(candidate)
+                if m:
+                    return rule.ours.format(**m.groupdict()), rule.transform
+        raise UserError(f"unexpected tensor {hf_name} (not a parameter of this model)")
+
+
+def hf_to_ours(
+    table: NameTable,
+    tensors: Iterable[tuple[str, np.ndarray]],
+    expected: Mapping[str, Shape],
+    source: str,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Rename and re-lay HF tensors into our paths, one at a time, checking names and shapes.
+
+    Missing tensors are reported once the input is exhausted.
+    """
+    seen: set[str] = set()
+    for name, array in tensors:
+        try:
+            found = table.to_our_path(name)
+        except UserError as err:
+            raise UserError(f"{source}: {err}") from None
+        if found is None:
+            continue
+        path, transform = found
+        if path not in expected:
+            raise UserError(f"{source}: unexpected tensor {name} (not in this model's config)")
+        want = transform.hf_shape(expected[path])
+        if tuple(array.shape) != want:
+            raise UserError(
+                f"{source}: tensor {name} has shape {tuple(array.shape)}, expected {want}"
+            )
+        seen.add(path)
+        yield path, transform.to_ours(array, expected[path])
+    missing = [table.to_hf_name(p)[0] for p in expected if p not in seen]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"{source}: missing tensor {missing[0]}{more}")
+
+
+def ours_to_hf(
+    table: NameTable, state: Mapping[str, np.ndarray]
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Our (path, array) pairs as HF (name, array) pairs, one tensor at a time."""
+    for path, array in state.items():
+        name, transform = table.to_hf_name(path)
+        yield name, transform.to_hf(np.asarray(array))

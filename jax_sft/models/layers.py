@@ -1,0 +1,122 @@
+"""Building blocks shared by the model families: linear maps, embeddings and norms.
+
+Every parameter is an `nnx.Param` that carries `axes`, a tuple of logical axis names
+(`vocab`, `embed`, `heads`, `kv_heads`, `mlp`, or None), one per dimension. The sharding
+layer maps these names onto mesh axes; nothing here depends on a mesh. Kernels are stored
+as [in, out] so that `x @ kernel` is the forward; Hugging Face's [out, in] layout is a
+transpose recorded in each family's name table.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Axes = tuple[str | None, ...]
+
+
+def normal_init(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, dtype: jnp.dtype) -> jax.Array:
+    return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel (+ bias), computed in `dtype`, parameters stored in `param_dtype`."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        axes: tuple[str | None, str | None],
+        use_bias: bool,
+        dtype: jnp.dtype,
+        param_dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+        init_std: float = 0.02,
+    ):
+        self.dtype = dtype
+        self.kernel = nnx.Param(
+            normal_init(rngs, (in_features, out_features), init_std, param_dtype), axes=axes
+        )
+        self.bias = (
+            nnx.Param(jnp.zeros((out_features,), param_dtype), axes=(axes[1],))
+            if use_bias
+            else None
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = x.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class Embed(nnx.Module):
+    """A lookup table [num_embeddings, features]; `attend` is its transpose (tied heads)."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        features: int,
+        *,
+        axes: tuple[str | None, str | None],
+        dtype: jnp.dtype,
+        param_dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+        init_std: float = 0.02,
+    ):
+        self.dtype = dtype
+        self.embedding = nnx.Param(
+            normal_init(rngs, (num_embeddings, features), init_std, param_dtype), axes=axes
+        )
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        return x.astype(self.dtype) @ self.embedding[...].astype(self.dtype).T
+
+
+class RMSNorm(nnx.Module):
+    """Llama's RMSNorm: normalize in fp32, cast back, then scale (the HF order of casts)."""
+
+    def __init__(self, features: int, *, eps: float, param_dtype: jnp.dtype):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((features,), param_dtype), axes=("embed",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x.astype(jnp.float32)
+        h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(x.dtype) * h.astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """Standard LayerNorm in fp32; `affine=False` has neither scale nor bias (OPT option)."""
+
+    def __init__(self, features: int, *, eps: float, affine: bool, param_dtype: jnp.dtype):
+        self.eps = eps
+        self.scale = (
+            nnx.Param(jnp.ones((features,), param_dtype), axes=("embed",)) if affine else None
+        )
+        self.bias = (
+            nnx.Param(jnp.zeros((features,), param_dtype), axes=("embed",)) if affine else None
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x.astype(jnp.float32)
+        mean = jnp.mean(h, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(h - mean), axis=-1, keepdims=True)
+        h = (h - mean) * jax.lax.rsqrt(var + self.eps)
+        if self.scale is not None:
+            h = h * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return h.astype(x.dtype)
+
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+}

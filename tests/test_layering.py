@@ -1,0 +1,56 @@
+"""The dependency arrows: jax_sft never imports torch, torch_ref never imports jax,
+interop imports neither at module level. Checked in fresh interpreters via sys.modules."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+FRAMEWORKS = ("torch", "deepspeed", "jax", "jaxlib", "flax", "optax", "orbax")
+
+
+def modules_loaded_by(imports: list[str]) -> set[str]:
+    code = (
+        "import json, sys\n"
+        + "".join(f"import {m}\n" for m in imports)
+        + "print(json.dumps(sorted({n.split('.')[0] for n in sys.modules})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+INTEROP = [
+    "interop.config",
+    "interop.checkpoints.hf",
+    "interop.checkpoints.formats",
+    "interop.outputs",
+    "interop.probe",
+    "interop.report",
+    "interop.tiny_configs",
+]
+JAX_SFT = [
+    "jax_sft.cli",
+    "jax_sft.commands.compare",
+    "jax_sft.commands.convert",
+    "jax_sft.checkpoints.loading",
+    "jax_sft.models.registry",
+    "jax_sft.demo",
+]
+
+
+def test_interop_imports_no_framework():
+    loaded = modules_loaded_by(INTEROP)
+    assert not loaded & set(FRAMEWORKS), loaded & set(FRAMEWORKS)
+
+
+def test_jax_sft_never_imports_torch():
+    loaded = modules_loaded_by(JAX_SFT)
+    assert "jax" in loaded  # the check sees real imports
+    assert not loaded & {"torch", "deepspeed"}
+
+
+@pytest.mark.parametrize("module", ["torch_ref.cli", "torch_ref.logits"])
+def test_torch_ref_never_imports_jax(module):
+    loaded = modules_loaded_by([module])
+    assert not loaded & {"jax", "jaxlib", "flax", "optax", "orbax"}
