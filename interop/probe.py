@@ -27,10 +27,17 @@ def probe_batch(
     return {"input_ids": ids, "attention_mask": mask, "positions": positions}
 
 
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest |a - b| in float64; NaN on one side only counts as infinite, on both as equal."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    diff = np.abs(x - y)
+    diff[np.isnan(x) & np.isnan(y)] = 0.0
+    return float(np.max(np.where(np.isnan(diff), np.inf, diff), initial=0.0))
+
+
 def max_abs_logit_diff(a: np.ndarray, b: np.ndarray, attention_mask: np.ndarray) -> float:
     """Largest |a - b| over the logits of real (non-pad) tokens."""
     if a.shape != b.shape:
         raise ValueError(f"logit shapes differ: {a.shape} vs {b.shape}")
     real = attention_mask.astype(bool)
-    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))[real]
-    return float(diff.max())
+    return max_abs_diff(a[real], b[real])

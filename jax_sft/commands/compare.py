@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from interop.errors import BackendError, UserError
-from interop.probe import max_abs_logit_diff, probe_batch
+from interop.probe import max_abs_diff, max_abs_logit_diff, probe_batch
 from interop.report import emit
 from jax_sft.checkpoints.loading import read_checkpoint
 from jax_sft.models import registry
@@ -96,21 +96,21 @@ def torch_logits(path: Path, batch: dict[str, np.ndarray]) -> np.ndarray:
 
 def param_diff(
     flat_a: dict[str, np.ndarray], flat_b: dict[str, np.ndarray], config: dict, a: Path, b: Path
-) -> tuple[float, str]:
-    """(max |a - b| over all parameters, HF name of the worst tensor)."""
+) -> tuple[float, str | None]:
+    """(max |a - b| over all parameters, HF name of the worst tensor or None if all equal)."""
     only = sorted(set(flat_a) ^ set(flat_b))
     if only:
         where = a if only[0] in flat_a else b
         raise UserError(f"{where}: parameter {only[0]} has no counterpart in the other checkpoint")
     table = registry.name_table(config)
-    worst, worst_name = -1.0, ""
+    worst, worst_name = 0.0, None
     for path in sorted(flat_a):
         x, y = flat_a[path], flat_b[path]
         if x.shape != y.shape:
             raise UserError(
                 f"{b}: parameter {table.to_hf_name(path)[0]} has shape {y.shape}, {a} has {x.shape}"
             )
-        d = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)), initial=0.0))
+        d = max_abs_diff(x, y)
         if d > worst:
             worst, worst_name = d, table.to_hf_name(path)[0]
     return worst, worst_name
@@ -152,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         f"A: {a} ({fmt_a}, logits by {engine_a})",
         f"B: {b} ({fmt_b}, logits by {engine_b})",
-        f"max_abs_param_diff: {p_diff:.3g} (worst tensor: {worst})",
+        f"max_abs_param_diff: {p_diff:.3g} "
+        + (f"(worst tensor: {worst})" if worst else "(every tensor identical)"),
         f"max_abs_logit_diff: {l_diff:.3g} over {tokens} real tokens",
     ]
     failed = args.atol is not None and l_diff > args.atol

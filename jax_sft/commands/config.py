@@ -15,8 +15,14 @@ from interop.config import dump_config, load_config
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="validate a run config and print it with defaults filled in")
     p.add_argument("config", nargs="?", help="YAML run config (omit for all defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE",
-                   help="override one field (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="A.B=VALUE",
+        help="override one field (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="print the config as one JSON line")
     p.set_defaults(run=run)
 
