@@ -26,6 +26,7 @@ demo: venv-core
 	$(BIN)/python -m jax_sft.demo
 
 test: venv-dev
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: venv-dev

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from interop.outputs import output_dir
 
+from interop.outputs import output_dir
 from interop.tiny_configs import tiny_config
 from jax_sft import cli
 from jax_sft.checkpoints.loading import write_checkpoint

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 import transformers
-from interop.checkpoints.hf import HFCheckpointReader
 from tiny_hf import CONFIGS, VOCAB, hf_logits, make_model
 
+from interop.checkpoints.hf import HFCheckpointReader
 from interop.probe import max_abs_logit_diff, probe_batch
 from jax_sft import cli
 

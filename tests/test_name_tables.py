@@ -75,4 +75,3 @@ def test_unsupported_model_type_lists_the_supported_ones():
     assert "unsupported model_type 'bert'" in str(err.value)
     for kind in ("gpt2", "llama", "mistral", "opt", "qwen2"):
         assert kind in str(err.value)
-

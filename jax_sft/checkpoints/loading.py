@@ -1,4 +1,4 @@
-"""Any supported checkpoint -> our flat state or a Flax model, and flat state -> any format.
+"""Any supported checkpoint -> our flat state, and a flat state -> any supported format.
 
 The source format is detected from disk. HF tensors stream through the family's name
 table one at a time; Orbax trees are checked against the shapes the config implies.
@@ -10,10 +10,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
-from flax import nnx
-from interop.checkpoints.hf import HFCheckpointReader, read_hf_config, write_hf_checkpoint
 
 from interop.checkpoints.formats import detect_format
+from interop.checkpoints.hf import HFCheckpointReader, read_hf_config, write_hf_checkpoint
 from interop.errors import UserError
 from jax_sft.checkpoints.orbax_io import restore_orbax_model, save_orbax_model
 from jax_sft.models import registry
@@ -39,12 +38,6 @@ def _checked(
         raise UserError(f"{source}: missing parameter {missing[0]}")
 
 
-def read_config(path: str | Path) -> dict:
-    """The HF config of a checkpoint in any supported format."""
-    detect_format(path)
-    return read_hf_config(path)
-
-
 def iter_checkpoint(path: str | Path) -> tuple[str, dict, Iterator[tuple[str, np.ndarray]]]:
     """(format, HF config, checked (our path, array) pairs in the stored dtype)."""
     p = Path(path)
@@ -67,14 +60,6 @@ def read_checkpoint(path: str | Path) -> tuple[str, dict, dict[str, np.ndarray]]
     """(format, HF config, flat state {our path: numpy array} in the stored dtype)."""
     fmt, config, pairs = iter_checkpoint(path)
     return fmt, config, dict(pairs)
-
-
-def load_model(
-    path: str | Path, *, dtype: str = "float32", param_dtype: str = "float32"
-) -> tuple[dict, nnx.Module]:
-    """(HF config, Flax model) from a checkpoint in any supported format."""
-    _, config, pairs = iter_checkpoint(path)
-    return config, registry.model_from_flat(config, pairs, dtype=dtype, param_dtype=param_dtype)
 
 
 def write_checkpoint(

@@ -14,9 +14,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from interop.checkpoints.hf import HF_TOKENIZER_FILES, read_hf_config
 
 from interop.checkpoints.formats import ORBAX_PARAMS
+from interop.checkpoints.hf import HF_TOKENIZER_FILES, read_hf_config
 
 
 def nest(flat: Mapping[str, object]) -> dict:

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from interop.outputs import output_dir
-
 from interop.report import emit
 from jax_sft.checkpoints.loading import FORMATS, read_checkpoint, write_checkpoint
 
