@@ -58,6 +58,21 @@ def _check_regexes(patterns: list[str]) -> list[str]:
     return patterns
 
 
+class PretrainConfig(_Section):
+    """For a `model.tiny` base: train a tokenizer and pretrain on a corpus first (cached).
+
+    `corpus: pydoc` is the text of Python's own `pydoc_data.topics`, so the embedded demo
+    needs no download; a path names a local text file. `steps: 0` skips pretraining.
+    """
+
+    corpus: str = "pydoc"
+    steps: NonNegativeInt = 0
+    vocab_size: Annotated[int, Field(ge=64)] = 512
+    seq_len: Annotated[int, Field(ge=8)] = 128
+    batch_size: PositiveInt = 16
+    learning_rate: PositiveFloat = 3e-3
+
+
 class ModelConfig(_Section):
     """Which model to fine-tune: a local HF/Orbax directory or a named tiny config."""
 
@@ -66,6 +81,8 @@ class ModelConfig(_Section):
     dtype: Dtype = "float32"
     param_dtype: Dtype = "float32"
     remat: bool = False
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -102,7 +119,10 @@ class DataConfig(_Section):
     """Tokenization, loss masking, padding/packing and the DeepSpeed-Chat style split."""
 
     sources: list[DataSource] = []
+    eval_sources: list[DataSource] = []
     tokenizer: str | None = None
+    eot_token: str | None = None
+    add_eot_token: bool = False
     max_seq_len: Annotated[int, Field(ge=2)] = 512
     loss_on: Literal["all", "completion"] = "all"
     packing: bool = False
@@ -136,10 +156,29 @@ class OptimConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    """Learning-rate schedule, with the formulas of `transformers.get_scheduler`."""
+    """Learning-rate schedule: `transformers.get_scheduler`'s four, and DeepSpeed's three.
 
-    type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    The DeepSpeed ones (`warmup_lr`, `warmup_decay_lr`, `warmup_cosine_lr`) warm up from
+    `warmup_min_lr` (or `warmup_min_ratio` x lr) with `warmup_type` log or linear;
+    `total_steps` (default: the run's length) ends the decay; `cos_min_ratio` is the
+    cosine floor. The peak is always `optim.learning_rate`.
+    """
+
+    type: Literal[
+        "linear",
+        "cosine",
+        "constant",
+        "constant_with_warmup",
+        "warmup_lr",
+        "warmup_decay_lr",
+        "warmup_cosine_lr",
+    ] = "cosine"
     warmup_steps: NonNegativeInt = 0
+    warmup_min_lr: NonNegativeFloat = 0.0
+    warmup_type: Literal["log", "linear"] = "log"
+    warmup_min_ratio: NonNegativeFloat = 0.0
+    cos_min_ratio: NonNegativeFloat = 1e-4
+    total_steps: PositiveInt | None = None
 
 
 class SparseConfig(_Section):
