@@ -249,6 +249,7 @@ class TrainConfig(_Section):
     max_steps: PositiveInt | None = None
     epochs: PositiveInt = 1
     micro_batch_size: PositiveInt = 4
+    eval_batch_size: PositiveInt | None = None
     gradient_accumulation_steps: PositiveInt = 1
     seed: NonNegativeInt = 1234
     log_every: PositiveInt = 10
@@ -261,7 +262,10 @@ class LoggingConfig(_Section):
     """Where progress goes; `json` (attribute `as_json`) ends output with one JSON line."""
 
     tensorboard: bool = False
+    tensorboard_dir: str | None = None
     progress_bar: bool = True
+    print_loss: bool = False
+    style: Literal["default", "dschat"] = "default"
     as_json: bool = Field(False, alias="json")
 
 
