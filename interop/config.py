@@ -368,19 +368,49 @@ def _source(path: str | os.PathLike | None, loc: str, overrides: Sequence[str]) 
     return f"--set {inside}" if path is None else f"{os.fspath(path)} with --set {inside}"
 
 
-def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read a YAML run config (None = all defaults), apply `--set` overrides, validate.
+def deep_merge(base: dict, top: dict) -> dict:
+    """A copy of `base` with `top`'s values laid over it, section by section."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
-    Every mistake raises UserError with one line naming the file (or the `--set` item)
-    and the dotted key at fault.
+
+def _set_by(layer: dict, loc: str) -> bool:
+    node: Any = layer
+    for part in loc.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def load_config(
+    path: str | os.PathLike | None,
+    overrides: Sequence[str] = (),
+    layers: Sequence[tuple[str, dict]] = (),
+) -> RunConfig:
+    """Read a YAML run config (None = all defaults), lay `layers` over it, apply `--set`.
+
+    Precedence, lowest first: defaults, the YAML file, each (source name, nested dict)
+    layer in order (e.g. a DeepSpeed JSON config), `--set` overrides. Every mistake
+    raises UserError with one line naming the file, layer or `--set` item and the key.
     """
     data = _read_yaml(path) if path is not None else {}
+    for _, layer in layers:
+        data = deep_merge(data, layer)
     data = apply_overrides(data, overrides)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         loc, message = _describe(exc.errors()[0])
-        raise UserError(f"{_source(path, loc, overrides)}: {message}") from None
+        source = _source(path, loc, overrides)
+        if not source.startswith("--set"):
+            source = next((name for name, layer in reversed(layers) if _set_by(layer, loc)), source)
+        raise UserError(f"{source}: {message}") from None
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -8,8 +8,8 @@ new one is complete.
 
 from __future__ import annotations
 
+import secrets
 import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,13 +19,17 @@ from interop.errors import UserError
 
 @contextmanager
 def output_dir(dst: str | Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary directory that becomes `dst` when the block exits cleanly."""
+    """Yield a temporary directory that becomes `dst` when the block exits cleanly.
+
+    On an exception the temporary directory is removed and `dst` is left as it was.
+    """
     dst = Path(dst)
-    if dst.exists() and not overwrite:
+    if (dst.exists() or dst.is_symlink()) and not overwrite:
         raise UserError(f"{dst} exists; pass --overwrite to replace it")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
+    tag = secrets.token_hex(4)
     tmp = dst.parent / f".{dst.name}.tmp-{tag}"
+    # mkdir, not tempfile.mkdtemp: the result keeps the umask's permissions, not 0700.
     tmp.mkdir()
     try:
         yield tmp
@@ -33,8 +37,12 @@ def output_dir(dst: str | Path, overwrite: bool) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = dst.parent / f".{dst.name}.old-{tag}"
-    if dst.exists():
-        dst.rename(old)
+    if not (dst.exists() or dst.is_symlink()):
+        tmp.rename(dst)
+        return
+    dst.rename(old)
     tmp.rename(dst)
-    if old.exists():
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    else:
+        old.unlink()

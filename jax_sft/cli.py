@@ -6,9 +6,10 @@ import argparse
 import sys
 
 from interop.errors import BackendError, UserError
-from jax_sft.commands import compare, config, convert
+from jax_sft.commands import compare, config, convert, dschat_step1, train
+from jax_sft.commands import eval as eval_command
 
-COMMANDS = (convert, compare, config)
+COMMANDS = (train, dschat_step1, eval_command, convert, compare, config)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -6,3 +6,19 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """An HF directory: a randomly initialised tiny Llama with a pydoc-trained tokenizer."""
+    from interop.config import RunConfig
+    from jax_sft.train.base_model import ensure_base
+
+    out = tmp_path_factory.mktemp("base-run")
+    cfg = RunConfig.model_validate(
+        {"model": {"tiny": "tiny-llama", "pretrain": {"steps": 0, "vocab_size": 320}},
+         "train": {"output_dir": str(out)}}
+    )
+    return ensure_base(cfg)

@@ -2,11 +2,13 @@
 
 Read: `config.json` plus weights as a single or sharded `model.safetensors` (with its
 `.index.json`), or a single or sharded `pytorch_model.bin` (torch imported lazily, only
-then). Safetensors headers are checked against the file size up front, so a truncated
-download fails with the file's name before anything is converted. Write: safetensors
-shards no larger than `max_shard_size` (decimal units, as transformers counts), an index
-when there is more than one, `config.json` and the tokenizer files. Arrays keep their
-dtype (fp32, fp16, bf16 via ml_dtypes), so a read followed by a write changes no bit.
+then). Every weight file is opened and checked in the constructor (safetensors refuses a
+header whose offsets do not end exactly at the end of the file; index entries are checked
+against their shards), so a truncated download fails with the file's name before anything
+is converted. Write: safetensors shards no larger than `max_shard_size` (decimal units, as
+transformers counts), an index when there is more than one, `config.json` and the
+tokenizer files. Arrays keep their dtype (fp32, fp16, bf16 via ml_dtypes), so a read
+followed by a write changes no bit.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import struct
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from interop.errors import UserError
@@ -40,17 +43,21 @@ SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.j
 TORCH_BIN, TORCH_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN, TORCH_BIN_INDEX)
 
+# The safetensors dtypes that `safe_open(..., framework="numpy")` can return.
 _ST_DTYPES = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype(np.int64),
+    "U64": np.dtype(np.uint64),
+    "I32": np.dtype(np.int32),
+    "U32": np.dtype(np.uint32),
+    "I16": np.dtype(np.int16),
+    "U16": np.dtype(np.uint16),
+    "I8": np.dtype(np.int8),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
 }
 _UNITS = {
     "": 1,
@@ -62,6 +69,7 @@ _UNITS = {
     "KIB": 2**10,
     "MIB": 2**20,
     "GIB": 2**30,
+    "TIB": 2**40,
 }
 
 
@@ -71,11 +79,16 @@ def is_hf_dir(path: str | Path) -> bool:
     return (p / "config.json").is_file() and any((p / f).is_file() for f in WEIGHT_FILES)
 
 
-def _read_json(path: Path) -> dict:
+def _read_json_object(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def read_hf_config(path: str | Path) -> dict:
@@ -83,11 +96,11 @@ def read_hf_config(path: str | Path) -> dict:
     p = Path(path)
     if not (p / "config.json").is_file():
         raise UserError(f"{p}: no config.json (not a Hugging Face model directory)")
-    return _read_json(p / "config.json")
+    return _read_json_object(p / "config.json")
 
 
 def parse_size(size: int | str) -> int:
-    """Bytes in '5GB', '500MB', '10KB', '2GiB' or an int."""
+    """Bytes in '5GB', '500MB', '10KB' (decimal, as transformers), '2GiB' or an int."""
     if isinstance(size, int):
         return size
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", size.upper())
@@ -96,107 +109,131 @@ def parse_size(size: int | str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
-def _check_safetensors(file: Path) -> dict:
-    """The header of a safetensors file, after checking the file holds all its data."""
-    size = file.stat().st_size
-    with file.open("rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise UserError(f"{file}: truncated or corrupt safetensors file (no header)")
-        (n,) = struct.unpack("<Q", head)
-        if 8 + n > size:
-            raise UserError(f"{file}: truncated or corrupt safetensors file (header cut off)")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UserError(f"{file}: truncated or corrupt safetensors file (bad header)") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise UserError(
-            f"{file}: truncated or corrupt safetensors file "
-            f"({size} bytes, the header needs {8 + n + end})"
-        )
-    return header
+def _torch_to_numpy(tensor: Any) -> np.ndarray:
+    """A CPU torch tensor as a numpy array with the same bits; bf16 becomes ml_dtypes'."""
+    import torch
+
+    t = tensor.detach().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
 
 
 class HFCheckpointReader:
-    """Lazy access to the tensors of an HF directory: names, shapes and dtypes from headers,
+    """Lazy access to the tensors of an HF directory: names, shapes and dtypes up front,
     values one tensor at a time."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._where: dict[str, Path] = {}
         self._meta: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-        self._open: dict[Path, object] = {}
-        files = self._weight_files()
-        for file in files:
+        self._open: dict[Path, Any] = {}
+        for file, expected in self._weight_files():
             if file.suffix == ".safetensors":
-                for name, info in _check_safetensors(file).items():
-                    if name == "__metadata__":
-                        continue
-                    self._where[name] = file
-                    self._meta[name] = (tuple(info["shape"]), np.dtype(_ST_DTYPES[info["dtype"]]))
+                found = self._scan_safetensors(file)
             else:
-                for name, tensor in self._torch_file(file).items():
-                    self._where[name] = file
-                    self._meta[name] = (tuple(tensor.shape), _torch_to_numpy(tensor[:0]).dtype)
+                found = self._scan_torch(file)
+            for name in found:
+                if name in self._where:
+                    raise UserError(f"{file}: tensor {name} is also in {self._where[name].name}")
+                self._where[name] = file
+            missing = sorted(set(expected) - set(found))
+            if missing:
+                raise UserError(f"{file}: lacks tensor {missing[0]}, which the index places in it")
+        self._names = sorted(self._where)
 
-    def _weight_files(self) -> list[Path]:
+    def _weight_files(self) -> list[tuple[Path, list[str]]]:
+        """(file, tensor names its index places there) for each weight file."""
         p = self.path
         for single, index in ((SAFETENSORS, SAFETENSORS_INDEX), (TORCH_BIN, TORCH_BIN_INDEX)):
             if (p / single).is_file():
-                return [p / single]
+                return [(p / single, [])]
             if (p / index).is_file():
-                weight_map = _read_json(p / index).get("weight_map")
-                if not isinstance(weight_map, dict):
-                    raise UserError(f"{p / index}: no weight_map")
-                shards = [p / s for s in dict.fromkeys(weight_map.values())]
+                weight_map = _read_json_object(p / index).get("weight_map")
+                if not isinstance(weight_map, dict) or not all(
+                    isinstance(v, str) for v in weight_map.values()
+                ):
+                    raise UserError(f"{p / index}: no weight_map of tensor name -> file name")
+                shards: dict[str, list[str]] = {}
+                for name, shard in weight_map.items():
+                    shards.setdefault(shard, []).append(name)
                 for shard in shards:
-                    if not shard.is_file():
-                        raise UserError(f"{p / index}: names shard {shard.name}, which is missing")
-                return shards
+                    if not (p / shard).is_file():
+                        raise UserError(f"{p / index}: names shard {shard}, which is missing")
+                return [(p / shard, names) for shard, names in shards.items()]
         raise UserError(f"{p}: no model weights ({', '.join(WEIGHT_FILES)})")
 
-    def _torch_file(self, file: Path) -> dict:
+    def _handle(self, file: Path) -> Any:
+        """The open safetensors file, or the (memory-mapped) state dict of a .bin file."""
         if file not in self._open:
-            try:
-                import torch
-            except ImportError:
-                raise UserError(
-                    f"{file}: reading pytorch_model.bin needs the torch extra "
-                    "(pip install 'jax-sft[torch]')"
-                ) from None
-            try:
-                self._open[file] = torch.load(
-                    file, map_location="cpu", weights_only=True, mmap=True
-                )
-            except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-                raise UserError(f"{file}: cannot read PyTorch weights ({err})") from None
+            if file.suffix == ".safetensors":
+                try:
+                    self._open[file] = safe_open(str(file), framework="numpy")
+                except SafetensorError as err:
+                    raise UserError(
+                        f"{file}: truncated or corrupt safetensors file ({err})"
+                    ) from None
+            else:
+                self._open[file] = _load_torch_file(file)
         return self._open[file]
 
+    def _scan_safetensors(self, file: Path) -> list[str]:
+        handle = self._handle(file)
+        names = list(handle.keys())
+        for name in names:
+            view = handle.get_slice(name)
+            dtype = _ST_DTYPES.get(view.get_dtype())
+            if dtype is None:
+                raise UserError(f"{file}: tensor {name} has dtype {view.get_dtype()}, unsupported")
+            self._meta[name] = (tuple(view.get_shape()), dtype)
+        return names
+
+    def _scan_torch(self, file: Path) -> list[str]:
+        import torch
+
+        state = self._handle(file)
+        for name, tensor in state.items():
+            try:
+                dtype = _torch_to_numpy(torch.empty(0, dtype=tensor.dtype)).dtype
+            except TypeError:
+                raise UserError(
+                    f"{file}: tensor {name} has dtype {tensor.dtype}, unsupported"
+                ) from None
+            self._meta[name] = (tuple(tensor.shape), dtype)
+        return list(state)
+
+    def _file_of(self, name: str) -> Path:
+        if name not in self._where:
+            raise UserError(f"{self.path}: no tensor named {name}")
+        return self._where[name]
+
     def names(self) -> list[str]:
-        return sorted(self._where)
+        """All tensor names, sorted."""
+        return list(self._names)
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """The stored shape, without reading the data."""
+        self._file_of(name)
         return self._meta[name][0]
 
     def dtype(self, name: str) -> np.dtype:
+        """The stored dtype (bf16 as `ml_dtypes.bfloat16`), without reading the data."""
+        self._file_of(name)
         return self._meta[name][1]
 
     def get(self, name: str) -> np.ndarray:
         """One tensor, read from disk now."""
-        file = self._where[name]
-        if file.suffix != ".safetensors":
-            return _torch_to_numpy(self._torch_file(file)[name])
-        if file not in self._open:
-            self._open[file] = safe_open(str(file), framework="numpy")
-        return self._open[file].get_tensor(name)
+        file = self._file_of(name)
+        if file.suffix == ".safetensors":
+            return self._handle(file).get_tensor(name)
+        return _torch_to_numpy(self._handle(file)[name])
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        for name in self.names():
+        for name in self._names:
             yield name, self.get(name)
 
     def close(self) -> None:
+        """Drop the open files (they reopen on the next `get`)."""
         self._open.clear()
 
     def __enter__(self) -> HFCheckpointReader:
@@ -206,13 +243,27 @@ class HFCheckpointReader:
         self.close()
 
 
-def _torch_to_numpy(tensor: object) -> np.ndarray:
-    import torch
-
-    t = tensor.detach().contiguous()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return t.numpy()
+def _load_torch_file(file: Path) -> dict:
+    """A `pytorch_model.bin` as a state dict, memory-mapped when the file allows it."""
+    try:
+        import torch
+    except ImportError:
+        raise UserError(
+            f"{file}: reading pytorch_model.bin needs the torch extra "
+            "(pip install 'jax-sft[torch]')"
+        ) from None
+    try:
+        # mmap needs the zip format of torch >= 1.6; older files are read whole.
+        state = torch.load(
+            file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file)
+        )
+    except Exception as err:  # any unpickling or archive failure means a bad file
+        raise UserError(f"{file}: cannot read PyTorch weights ({err})") from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise UserError(f"{file}: not a state dict of named tensors")
+    return state
 
 
 def write_hf_checkpoint(
@@ -223,39 +274,50 @@ def write_hf_checkpoint(
     max_shard_size: int | str = "5GB",
     tokenizer_src: str | Path | None = None,
 ) -> None:
-    """Write config, safetensors shards (+ index) and tokenizer files into existing `dst`."""
+    """Write config, safetensors shards (+ index) and tokenizer files into existing `dst`.
+
+    `tensors` is consumed lazily; at most one shard's arrays are held at a time.
+    """
     limit = parse_size(max_shard_size)
     dst = Path(dst)
     (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     shards: list[list[str]] = []
     pending: dict[str, np.ndarray] = {}
-    pending_bytes = total = 0
+    seen: set[str] = set()
+    pending_bytes = total_bytes = total_params = 0
 
     def flush() -> None:
-        save_file(pending, str(dst / f"shard-{len(shards)}.tmp"), metadata={"format": "pt"})
+        save_file(pending, str(dst / f".shard-{len(shards)}.tmp"), metadata={"format": "pt"})
         shards.append(list(pending))
         pending.clear()
 
     for name, array in tensors:
-        array = np.ascontiguousarray(array)
+        if name in seen:
+            raise ValueError(f"tensor {name} given twice")
+        seen.add(name)
+        array = np.asarray(array, order="C")
         if pending and pending_bytes + array.nbytes > limit:
             flush()
             pending_bytes = 0
         pending[name] = array
         pending_bytes += array.nbytes
-        total += array.nbytes
+        total_bytes += array.nbytes
+        total_params += array.size
     if pending or not shards:
         flush()
 
     if len(shards) == 1:
-        (dst / "shard-0.tmp").rename(dst / SAFETENSORS)
+        (dst / ".shard-0.tmp").rename(dst / SAFETENSORS)
     else:
         weight_map = {}
         for i, names in enumerate(shards):
             fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            (dst / f"shard-{i}.tmp").rename(dst / fname)
-            weight_map.update({n: fname for n in names})
-        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+            (dst / f".shard-{i}.tmp").rename(dst / fname)
+            weight_map.update(dict.fromkeys(names, fname))
+        index = {
+            "metadata": {"total_parameters": total_params, "total_size": total_bytes},
+            "weight_map": dict(sorted(weight_map.items())),
+        }
         (dst / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
     if tokenizer_src is not None:

@@ -1,0 +1,63 @@
+"""`jax-sft train CONFIG.yaml [--set a.b=v ...] [--deepspeed_config ds.json]`: SFT in JAX."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from interop.config import RunConfig, load_config
+from interop.frontends.deepspeed_json import overrides_from_deepspeed
+from interop.report import emit
+from jax_sft.train.run import train
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="supervised fine-tuning on the JAX backend")
+    p.add_argument("config", nargs="?", help="YAML run config (omit for all defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE",
+                   help="override one config field (repeatable)")
+    p.add_argument("--deepspeed_config", help="take batch sizes, optimizer, schedule, clipping, "
+                   "precision and ZeRO stage from a DeepSpeed JSON config")
+    p.add_argument("--resume", action="store_true",
+                   help="require a checkpoint in the output directory and resume from it "
+                   "(a checkpoint there is resumed anyway)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output directory that holds no checkpoint")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.set_defaults(run=run)
+
+
+def eval_printer(style: str):
+    """How evaluations are shown: DeepSpeed-Chat's `ppl: .., loss: ..` or a labelled line."""
+
+    def show(result: dict) -> None:
+        if style == "dschat":
+            print(f"ppl: {result['eval_ppl']}, loss: {result['eval_loss']}", flush=True)
+        else:
+            print(f"eval: loss {result['eval_loss']:.4f}  ppl {result['eval_ppl']:.3f}", flush=True)
+
+    return show
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """YAML, then the DeepSpeed JSON (if any) over it, then `--set` over both."""
+    layers = []
+    if args.deepspeed_config:
+        ds, notes = overrides_from_deepspeed(Path(args.deepspeed_config))
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        layers.append((args.deepspeed_config, ds))
+    return load_config(args.config, args.overrides, layers)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = run_config(args)
+    summary = train(cfg, overwrite=args.overwrite, resume=args.resume,
+                    on_eval=eval_printer(cfg.logging.style))
+    last = summary.get("last_eval") or {}
+    lines = [f"trained {summary['steps']} steps; final model: {summary['output_dir']}/hf"]
+    if last:
+        lines.append(f"eval loss {last['eval_loss']:.4f}, ppl {last['eval_ppl']:.3f}")
+    emit(lines, summary, args.json)
+    return 0

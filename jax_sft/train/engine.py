@@ -1,0 +1,221 @@
+"""The training engine: model, data, optimizer and checkpoints of one run, and its loop.
+
+`Engine` holds what a run needs and offers the calls a DeepSpeed user knows
+(`train_batch`, `evaluate`, `save_checkpoint`, `load_checkpoint`); `fit` is the whole
+loop in one place. Nothing in a step forces a host sync: metrics stay on the device
+until the logging interval (or a checkpoint, which must not capture a diverged state).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from interop.config import RunConfig
+from interop.data.batches import Batches
+from interop.data.pipeline import build_datasets
+from interop.data.tokenizer import load_tokenizer, prepare_tokenizer
+from interop.errors import UserError
+from interop.outputs import output_dir
+from interop.schedules import learning_rate
+from jax_sft.checkpoints.loading import read_checkpoint, write_checkpoint
+from jax_sft.models import registry
+from jax_sft.models.vocab import max_positions, resize_vocab
+from jax_sft.train.checkpointing import Checkpoints
+from jax_sft.train.metrics import MetricsLog
+from jax_sft.train.optimizer import make_optimizer
+from jax_sft.train.step import BATCH_KEYS, init_state, make_eval_step, make_train_step
+
+
+class Engine:
+    """One fine-tuning run on the JAX backend."""
+
+    def __init__(self, cfg: RunConfig, model_dir: Path, *, base_dir: Path = Path(".")):
+        self.cfg = cfg
+        self.out = Path(cfg.train.output_dir)
+        self.model_dir = model_dir
+        tok_dir = Path(cfg.data.tokenizer) if cfg.data.tokenizer else model_dir
+        _, hf_config, flat = read_checkpoint(model_dir)
+        self.tokenizer, eot = prepare_tokenizer(
+            load_tokenizer(tok_dir), hf_config["model_type"],
+            eot_token=cfg.data.eot_token, add_eot_token=cfg.data.add_eot_token,
+        )
+        self.hf_config, flat = resize_vocab(hf_config, flat, len(self.tokenizer))
+        limit = max_positions(self.hf_config)
+        if cfg.data.max_seq_len > limit:
+            raise UserError(
+                f"data.max_seq_len: {cfg.data.max_seq_len} is beyond the model's "
+                f"{limit} positions"
+            )
+        train, evals = build_datasets(cfg.data, self.tokenizer, eot, base_dir=base_dir)
+        t = cfg.train
+        self.accum = t.gradient_accumulation_steps
+        pad = self.tokenizer.pad_token_id
+        self.batches = Batches(
+            train, batch_size=t.micro_batch_size * self.accum, seq_len=cfg.data.max_seq_len,
+            pad_id=pad, packing=cfg.data.packing, seed=t.seed,
+        )
+        self.eval_batches = (
+            Batches(evals, batch_size=t.eval_batch_size or t.micro_batch_size,
+                    seq_len=cfg.data.max_seq_len, pad_id=pad, packing=cfg.data.packing,
+                    seed=t.seed, shuffle=False)
+            if evals else None
+        )
+        self.total_steps = t.max_steps or t.epochs * self.batches.steps_per_epoch
+
+        model = registry.model_from_flat(
+            self.hf_config, flat.items(), dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype
+        )
+        del flat
+        self.graphdef, params = nnx.split(model)
+        params = params.to_pure_dict()
+        self.optimizer = make_optimizer(cfg.optim, params, registry.name_table(self.hf_config))
+        self.state = init_state(params, self.optimizer, t.seed)
+        self._train_step = make_train_step(self.graphdef, self.optimizer)
+        self._eval_step = make_eval_step(self.graphdef)
+        self._checkpoints: Checkpoints | None = None
+        self.log: MetricsLog | None = None
+        self.step = 0
+        self._last_logged: dict = {}
+        self._last_flush = time.monotonic()
+
+    # -- the calls a DeepSpeed user knows -------------------------------------------------
+
+    def lr(self, step: int) -> float:
+        return learning_rate(step, self.cfg.optim.learning_rate, self.cfg.schedule,
+                             self.total_steps)
+
+    def global_batch(self, step: int) -> dict[str, jax.Array]:
+        """The batch of optimizer step `step`, shaped [accumulation, micro, seq]."""
+        batch = self.batches.batch(step)
+        return {k: jnp.asarray(batch[k].reshape(self.accum, -1, batch[k].shape[-1]))
+                for k in BATCH_KEYS}
+
+    def train_batch(self, batch: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+        """One optimizer step (on the run's own next batch unless one is given)."""
+        batch = self.global_batch(self.step) if batch is None else batch
+        lr = self.lr(self.step)
+        self.state, metrics = self._train_step(self.state, batch, jnp.float32(lr))
+        self.step += 1
+        return {**metrics, "lr": lr}
+
+    def evaluate(self) -> dict[str, float]:
+        """Eval loss over the eval set and its perplexity.
+
+        Default: averaged over all scored tokens. DeepSpeed-Chat style: the mean of the
+        per-batch mean losses, as its `evaluation()` computes it.
+        """
+        if self.eval_batches is None:
+            return {}
+        sums, counts = [], []
+        for i in range(self.eval_batches.steps_per_epoch):
+            batch = {k: jnp.asarray(v) for k, v in self.eval_batches.batch(i).items()
+                     if k in BATCH_KEYS}
+            s, n = self._eval_step(self.state["params"], batch)
+            sums.append(s)
+            counts.append(n)
+        sums, counts = np.asarray(sums, np.float64), np.asarray(counts, np.float64)
+        if self.cfg.logging.style == "dschat":
+            loss = float(np.mean(sums / np.maximum(counts, 1)))
+        else:
+            loss = float(sums.sum() / max(counts.sum(), 1))
+        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 700.0))}
+
+    @property
+    def checkpoints(self) -> Checkpoints:
+        """The run's checkpoint directory, opened on first use (evaluation needs none)."""
+        if self._checkpoints is None:
+            self._checkpoints = Checkpoints(self.out / "checkpoints", self.cfg.train.keep_checkpoints)
+        return self._checkpoints
+
+    def save_checkpoint(self) -> None:
+        self.checkpoints.save(self.step, self.state, {"step": self.step})
+
+    def load_checkpoint(self, step: int | None = None) -> int | None:
+        """Restore the given (default: latest complete) checkpoint; returns its step."""
+        step = self.checkpoints.latest_step() if step is None else step
+        if step is None:
+            return None
+        self.state, record = self.checkpoints.restore(step, self.state)
+        self.step = int(record["step"])
+        return self.step
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _report_eval(self, printer) -> dict:
+        result = self.evaluate()
+        if result:
+            self.log.write({"step": self.step, **result})
+            printer(result)
+        return result
+
+    def fit(self, printer=None) -> dict:
+        """Train to the end (resuming from the latest checkpoint if there is one)."""
+        printer = printer or (lambda result: None)
+        t = self.cfg.train
+        tb = None
+        if self.cfg.logging.tensorboard:
+            tb = Path(self.cfg.logging.tensorboard_dir or self.out / "tensorboard")
+        self.log = MetricsLog(self.out / "metrics.jsonl", tensorboard_dir=tb,
+                              progress=self.cfg.logging.progress_bar)
+        resumed = self.load_checkpoint()
+        if resumed is not None:
+            self.log.truncate_after(resumed)
+        first_eval = self._report_eval(printer) if resumed is None else {}
+        last_eval = first_eval
+        pending: list[tuple[int, dict]] = []
+        started, start_step = time.monotonic(), self.step
+        self._last_flush = started
+        last_good = resumed
+        while self.step < self.total_steps:
+            pending.append((self.step + 1, self.train_batch()))
+            done = self.step
+            boundary = done % self.batches.steps_per_epoch == 0
+            save = (t.save_every and done % t.save_every == 0) or done == self.total_steps
+            if done % t.log_every == 0 or save or boundary or done == self.total_steps:
+                self._flush(pending, last_good)
+                pending = []
+                last = self._last_logged
+                self.log.show(done, self.total_steps, last["loss"], last["tokens_per_s"],
+                              started, start_step)
+            if save:
+                self.save_checkpoint()
+                last_good = done
+            if (t.eval_every and done % t.eval_every == 0) or boundary or done == self.total_steps:
+                last_eval = self._report_eval(printer)
+        self.checkpoints.close()
+        self.log.close()
+        return {"steps": self.step, "first_eval": first_eval, "last_eval": last_eval,
+                **self._last_logged}
+
+    def _flush(self, pending: list[tuple[int, dict]], last_good: int | None) -> None:
+        """Bring the pending step metrics to the host, log them, stop on a NaN loss."""
+        host = jax.device_get([m for _, m in pending])
+        now = time.monotonic()
+        rate = sum(int(m["tokens"]) for m in host) / max(now - self._last_flush, 1e-9)
+        self._last_flush = now
+        for (step, _), m in zip(pending, host, strict=True):
+            loss = float(m["loss"])
+            if not math.isfinite(loss):
+                where = (f"the last good checkpoint is step {last_good} in "
+                         f"{self.out / 'checkpoints'}" if last_good else "no checkpoint was saved")
+                raise UserError(f"training diverged: loss is {loss} at step {step}; {where}")
+            entry = {"step": step, "loss": loss, "lr": float(m["lr"]),
+                     "grad_norm": float(m["grad_norm"]), "tokens": int(m["tokens"]),
+                     "tokens_per_s": rate}
+            self.log.write(entry)
+            self._last_logged = entry
+
+    def export_hf(self, dst: Path, *, overwrite: bool = True) -> None:
+        """The trained model as a Hugging Face directory (weights in the param dtype)."""
+        flat = {registry.path_str(p): np.asarray(v) for p, v in
+                nnx.to_flat_state(nnx.state(nnx.merge(self.graphdef, self.state["params"])))}
+        with output_dir(dst, overwrite=overwrite) as tmp:
+            write_checkpoint(tmp, "hf", self.hf_config, flat)
+            self.tokenizer.save_pretrained(tmp)

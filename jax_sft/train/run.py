@@ -1,0 +1,60 @@
+"""Starting a run from a RunConfig: the output directory's rules, the base model, the export.
+
+An output directory that holds a checkpoint is resumed; one that holds anything else is
+refused unless `overwrite` (which keeps the cached `base/`). The final model goes to
+`OUTPUT_DIR/hf` as a Hugging Face directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from interop.config import RunConfig
+from interop.errors import UserError
+from jax_sft.train.base_model import ensure_base
+from jax_sft.train.engine import Engine
+
+KEEP_ON_OVERWRITE = ("base",)
+
+
+def prepare_output(out: Path, *, overwrite: bool, resume: bool) -> None:
+    has_checkpoint = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+    if resume and not has_checkpoint:
+        raise UserError(f"--resume: {out} holds no checkpoint")
+    if overwrite and out.exists():
+        for child in out.iterdir():
+            if child.name not in KEEP_ON_OVERWRITE:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    elif out.exists() and not has_checkpoint:
+        leftovers = [c.name for c in out.iterdir() if c.name not in KEEP_ON_OVERWRITE]
+        if leftovers:
+            raise UserError(
+                f"train.output_dir: {out} exists and holds no checkpoint to resume; "
+                "pass --overwrite to replace it"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def initialize(config: RunConfig, model: str | Path | None = None) -> Engine:
+    """The engine of a run (DeepSpeed's `initialize`, for JAX): model path or the tiny base."""
+    if model is not None:
+        config = config.model_copy(
+            update={"model": config.model.model_copy(update={"path": str(model), "tiny": None})}
+        )
+    model_dir = Path(config.model.path) if config.model.path else ensure_base(config)
+    return Engine(config, model_dir)
+
+
+def train(
+    config: RunConfig, *, overwrite: bool = False, resume: bool = False,
+    on_eval: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run to the end, export `OUTPUT_DIR/hf`; returns the summary."""
+    out = Path(config.train.output_dir)
+    prepare_output(out, overwrite=overwrite, resume=resume)
+    engine = initialize(config)
+    summary = engine.fit(on_eval)
+    engine.export_hf(out / "hf")
+    return {**summary, "output_dir": str(out)}

@@ -1,0 +1,79 @@
+"""The jitted train and eval steps: pure functions of (state, batch), state donated.
+
+The model object is split once (`nnx.split`) into a static graphdef and a parameter
+tree; inside the jit the graphdef is merged with the traced parameters. A global batch
+arrives as [accumulation, micro_batch, seq]; a `lax.scan` sums the gradients of the
+summed token losses over micro-batches, and the sum is divided by the number of scored
+tokens in the whole global batch, so 4 micro-batches of 2 give exactly the update of one
+batch of 8. Clipping, Adam and weight decay then act on that averaged gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jax_sft.train.loss import loss_sum_and_count, scored_tokens
+
+TrainState = dict  # {"params", "opt_state", "step", "rng"}
+BATCH_KEYS = ("input_ids", "attention_mask", "positions", "segment_ids", "labels")
+
+
+def _forward_loss(graphdef: nnx.GraphDef, params: dict, mb: dict) -> tuple[jax.Array, jax.Array]:
+    model = nnx.merge(graphdef, params)
+    logits = model(mb["input_ids"], mb["attention_mask"], mb["positions"], mb["segment_ids"])
+    return loss_sum_and_count(logits, mb["labels"])
+
+
+def init_state(params: dict, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+    return {
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "rng": jax.random.key_data(jax.random.key(seed)),
+    }
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation
+) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+    """jit(step)(state, batch [accum, micro, seq], lr) -> (new state, metrics)."""
+
+    def step(state: TrainState, batch: dict, lr: jax.Array) -> tuple[TrainState, dict]:
+        params = state["params"]
+        value_and_grad = jax.value_and_grad(lambda p, mb: _forward_loss(graphdef, p, mb)[0])
+
+        def accumulate(grads: dict, mb: dict) -> tuple[dict, jax.Array]:
+            loss_sum, g = value_and_grad(params, mb)
+            return jax.tree.map(jnp.add, grads, g), loss_sum
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grads, loss_sums = jax.lax.scan(accumulate, zeros, batch)
+        tokens = scored_tokens(batch["labels"])
+        denom = jnp.maximum(tokens, 1).astype(jnp.float32)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+        new_state = {
+            "params": params,
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+            "rng": state["rng"],
+        }
+        metrics = {
+            "loss": jnp.sum(loss_sums) / denom,
+            "grad_norm": optax.global_norm(grads),
+            "tokens": tokens,
+        }
+        return new_state, metrics
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_step(graphdef: nnx.GraphDef) -> Callable[[dict, dict], tuple[jax.Array, jax.Array]]:
+    """jit(eval)(params, batch [micro, seq]) -> (sum of token losses, scored tokens)."""
+    return jax.jit(lambda params, batch: _forward_loss(graphdef, params, batch))

@@ -1,0 +1,28 @@
+"""Shared set-up for trainer tests: a tiny base (tokenizer + random Llama) and configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from interop.config import RunConfig
+
+DEMO_DATA = Path(__file__).resolve().parents[1] / "configs" / "data" / "demo_sft"
+
+
+def run_config(base: Path, out: Path, **sections) -> RunConfig:
+    """A small fp32 run on the demo SFT data, from the base model in `base`."""
+    data = {
+        "model": {"path": str(base)},
+        "data": {
+            "sources": [{"path": str(DEMO_DATA / "train.jsonl")}],
+            "eval_sources": [{"path": str(DEMO_DATA / "eval.jsonl")}],
+            "max_seq_len": 64,
+        },
+        "train": {"output_dir": str(out), "micro_batch_size": 4, "max_steps": 4, "log_every": 1},
+        "optim": {"learning_rate": 1e-3},
+        "schedule": {"type": "linear", "warmup_steps": 1},
+        "logging": {"progress_bar": False},
+    }
+    for section, values in sections.items():
+        data[section] = {**data.get(section, {}), **values}
+    return RunConfig.model_validate(data)
