@@ -8,7 +8,13 @@ of them, is decayed there and here alike).
 
 from __future__ import annotations
 
-NO_DECAY_SUBSTRINGS = ("bias", "layer_norm.weight", "layernorm.weight", "norm.weight", "ln_f.weight")
+NO_DECAY_SUBSTRINGS = (
+    "bias",
+    "layer_norm.weight",
+    "layernorm.weight",
+    "norm.weight",
+    "ln_f.weight",
+)
 
 
 def decays(hf_name: str) -> bool:

@@ -189,9 +189,9 @@ class HFCheckpointReader:
         return names
 
     def _scan_torch(self, file: Path) -> list[str]:
+        state = self._handle(file)  # first: it explains a missing torch
         import torch
 
-        state = self._handle(file)
         for name, tensor in state.items():
             try:
                 dtype = _torch_to_numpy(torch.empty(0, dtype=tensor.dtype)).dtype
