@@ -1,0 +1,335 @@
+"""DeepSpeed-Chat step-1 command lines, accepted verbatim and turned into a RunConfig.
+
+`dschat_parser()` declares every flag of DeepSpeed-Chat's
+`training/step1_supervised_finetuning/main.py` with its default (plus the ones
+`deepspeed.add_config_arguments` adds: `--deepspeed`, `--deepspeed_config` and the
+deprecated `--deepscale`, `--deepscale_config`), so a `run_*.sh` script's flags parse here
+unchanged. `run_config_from_dschat(argv, cwd=...)` maps them onto RunConfig fields and fixes
+what DeepSpeed-Chat hard-codes: AdamW with betas (0.9, 0.95) and eps 1e-8, gradient
+clipping 1.0, loss on every non-pad token, right padding to `--max_seq_len` (no packing),
+phase-1 data split, and the `dschat` output style (eval before training and after every
+epoch, `ppl: ..., loss: ...`).
+
+Where this differs from running DeepSpeed-Chat, on purpose:
+
+- Nothing is downloaded. `--data_path local/jsonfile` reads `data/train.json` and
+  `data/eval.json` under `cwd` (DeepSpeed-Chat reads its app directory's); other entries must
+  be local files (train only) or directories holding `train.json` and `eval.json`. Hub
+  dataset names and hub model names are errors naming the flag.
+- `--sft_only_data_path` sources skip the split in DeepSpeed-Chat (they are split "10,0,0":
+  all of their train and eval data is used). RunConfig applies one `data.data_split` to
+  every source, so they are added to `data.sources`/`data.eval_sources` only when that split
+  already gives phase 1 everything (e.g. `--data_split 10,0,0`); otherwise it is an error
+  rather than a silently different data set.
+- `--dtype` also accepts `fp32` (DeepSpeed-Chat: fp16 or bf16 only; default fp16).
+- `--deepspeed_config FILE` is applied on top of the flags (DeepSpeed-Chat itself would
+  refuse it, having built its own config), via `interop.frontends.deepspeed_json`.
+- Flags with no effect here (offload, the LoRA flags until LoRA is wired to them,
+  `--local_rank`, `--data_output_path`, `--compute_fp32_loss`: the loss is always float32)
+  are accepted and listed in the notes when given.
+
+The schedule length is DeepSpeed-Chat's `epochs * ceil(micro-batches per epoch /
+gradient_accumulation_steps)`: the config carries `train.epochs` and no `train.max_steps`,
+and the trainer counts the batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from interop.config import RunConfig
+from interop.errors import UserError
+from interop.frontends.deepspeed_json import merge, overrides_from_deepspeed
+
+PROG = "jax-sft dschat-step1"
+SUPPORTED_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+# main.py's `choices` for --lr_scheduler_type (transformers SchedulerType names).
+_DSCHAT_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+)
+_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+LOCAL_JSONFILE = "local/jsonfile"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UserError (one line, exit status 2 upstream) instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message}")
+
+
+def dschat_parser() -> argparse.ArgumentParser:
+    """Every flag of DeepSpeed-Chat step-1 `main.py`, with its defaults."""
+    p = _Parser(
+        prog=PROG,
+        description="Finetune a transformers model on a causal language modeling task",
+    )
+    p.add_argument("--data_path", nargs="*", default=["Dahoas/rm-static"])
+    p.add_argument("--data_split", type=str, default="2,4,4")
+    p.add_argument("--sft_only_data_path", nargs="*", default=[])
+    p.add_argument("--data_output_path", type=str, default="/tmp/data_files/")
+    p.add_argument("--model_name_or_path", type=str, required=True)
+    p.add_argument("--per_device_train_batch_size", type=int, default=16)
+    p.add_argument("--per_device_eval_batch_size", type=int, default=16)
+    p.add_argument("--max_seq_len", type=int, default=512)
+    p.add_argument("--learning_rate", type=float, default=1e-3)
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--num_train_epochs", type=int, default=1)
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument("--lr_scheduler_type", type=str, default="cosine", choices=_DSCHAT_SCHEDULERS)
+    p.add_argument("--num_warmup_steps", type=int, default=0)
+    p.add_argument("--output_dir", type=str, default=None)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--local_rank", type=int, default=-1)
+    p.add_argument("--gradient_checkpointing", action="store_true")
+    p.add_argument("--dropout", type=float, default=None)
+    p.add_argument("--offload", action="store_true")
+    p.add_argument("--dtype", type=str, default="fp16", choices=list(_DTYPES))
+    p.add_argument("--zero_stage", type=int, default=0)
+    p.add_argument("--lora_dim", type=int, default=0)
+    p.add_argument("--lora_module_name", type=str, default="decoder.layers.")
+    p.add_argument("--only_optimize_lora", action="store_true")
+    p.add_argument("--lora_learning_rate", type=float, default=5e-4)
+    p.add_argument("--compute_fp32_loss", action="store_true")
+    p.add_argument("--enable_tensorboard", action="store_true")
+    p.add_argument("--tensorboard_path", type=str, default="step1_tensorboard")
+    p.add_argument("--add_eot_token", action="store_true")
+    p.add_argument("--eot_token", type=str, default="<|endoftext|>")
+    p.add_argument("--print_loss", action="store_true")
+    ds = p.add_argument_group("DeepSpeed", "DeepSpeed configurations")
+    ds.add_argument("--deepspeed", action="store_true")
+    ds.add_argument("--deepspeed_config", type=str, default=None)
+    ds.add_argument("--deepscale", action="store_true")
+    ds.add_argument("--deepscale_config", type=str, default=None)
+    return p
+
+
+# Flags that are accepted, change nothing here, and are worth a note when given.
+_NO_EFFECT = {
+    "data_output_path": "no cache files are written; batches are computed from the seed",
+    "local_rank": "set by the launcher; one process drives every local device here",
+    "offload": "there is no CPU offload; optimizer state stays on the accelerator",
+    "compute_fp32_loss": "the loss is always computed in float32 here",
+    "lora_dim": "LoRA is not wired to DeepSpeed-Chat flags yet; all weights are fine-tuned",
+    "lora_module_name": "LoRA is not wired to DeepSpeed-Chat flags yet",
+    "only_optimize_lora": "LoRA is not wired to DeepSpeed-Chat flags yet",
+    "lora_learning_rate": "LoRA is not wired to DeepSpeed-Chat flags yet",
+    "deepspeed": "DeepSpeed's helper flag for user code",
+    "deepscale": "DeepSpeed's deprecated helper flag",
+}
+
+
+class _Builder:
+    """The nested config being built, and which flag set each dotted key (for errors)."""
+
+    def __init__(self) -> None:
+        self.config: dict[str, dict[str, Any]] = {}
+        self.origins: dict[str, str] = {}
+
+    def set(self, key: str, value: Any, origin: str) -> None:
+        section, field = key.split(".")
+        self.config.setdefault(section, {})[field] = value
+        self.origins[key] = origin
+
+    def origin(self, loc: str) -> str:
+        """The flag (or file) to blame for a validation error at dotted `loc`."""
+        for key in sorted(self.origins, key=len, reverse=True):
+            if loc == key or loc.startswith(key + "."):
+                return self.origins[key]
+        inside = [origin for key, origin in self.origins.items() if key.startswith(loc + ".")]
+        return inside[0] if inside else PROG
+
+
+def _local(cwd: Path, entry: str) -> Path:
+    path = Path(entry).expanduser()
+    return path if path.is_absolute() else cwd / path
+
+
+def _data_entry(flag: str, entry: str, cwd: Path) -> tuple[list[dict], list[dict]]:
+    """Train and eval sources for one `--data_path`/`--sft_only_data_path` entry."""
+    if entry == LOCAL_JSONFILE:
+        folder, fmt = cwd / "data", "prompt_chosen"
+    else:
+        folder, fmt = _local(cwd, entry), "auto"
+        if folder.is_file():
+            return [{"path": str(folder), "format": fmt}], []
+        if not folder.exists():
+            raise UserError(
+                f"{flag} {entry}: no such local file or directory under {cwd}; datasets are"
+                f" never downloaded here (use {LOCAL_JSONFILE} or a path to a JSON/JSONL file)"
+            )
+    train, evaluation = folder / "train.json", folder / "eval.json"
+    if not (train.is_file() and evaluation.is_file()):
+        raise UserError(f"{flag} {entry}: needs both {train} and {evaluation}")
+    return [{"path": str(train), "format": fmt}], [{"path": str(evaluation), "format": fmt}]
+
+
+def _phase1_takes_all(split: str) -> bool:
+    """Whether a `data_split` like "10,0,0" gives phase 1 every example."""
+    try:
+        parts = [float(part) for part in split.split(",")]
+    except ValueError:
+        return False
+    return len(parts) == 3 and parts[0] > 0 and parts[1] == 0 and parts[2] == 0
+
+
+def _data(b: _Builder, args: argparse.Namespace, cwd: Path) -> None:
+    sources: list[dict] = []
+    eval_sources: list[dict] = []
+    for entry in args.data_path:
+        train, evaluation = _data_entry("--data_path", entry, cwd)
+        sources += train
+        eval_sources += evaluation
+    if args.sft_only_data_path:
+        flag = "--sft_only_data_path"
+        if not _phase1_takes_all(args.data_split):
+            raise UserError(
+                f"{flag}: DeepSpeed-Chat does not split these sources, but data.data_split"
+                f" applies to every source; use --data_split 10,0,0 (got {args.data_split})"
+            )
+        for entry in args.sft_only_data_path:
+            train, evaluation = _data_entry(flag, entry, cwd)
+            sources += train
+            eval_sources += evaluation
+    origin = f"--data_path {' '.join(args.data_path)}"
+    b.set("data.sources", sources, origin)
+    b.set("data.eval_sources", eval_sources, origin)
+    b.set("data.data_split", args.data_split, f"--data_split {args.data_split}")
+    b.set("data.phase", 1, "DeepSpeed-Chat step 1")
+    b.set("data.loss_on", "all", "DeepSpeed-Chat step 1")
+    b.set("data.packing", False, "DeepSpeed-Chat step 1")
+    b.set("data.max_seq_len", args.max_seq_len, f"--max_seq_len {args.max_seq_len}")
+    b.set("data.seed", args.seed, f"--seed {args.seed}")
+    b.set("data.add_eot_token", args.add_eot_token, "--add_eot_token")
+    b.set("data.eot_token", args.eot_token, f"--eot_token {args.eot_token}")
+
+
+def _model(b: _Builder, args: argparse.Namespace, cwd: Path) -> None:
+    name = args.model_name_or_path
+    path = _local(cwd, name)
+    if not path.is_dir():
+        raise UserError(
+            f"--model_name_or_path {name}: no such local directory under {cwd}; models are"
+            " never downloaded here (give a Hugging Face checkpoint directory)"
+        )
+    flag = f"--model_name_or_path {name}"
+    b.set("model.path", str(path), flag)
+    b.set("data.tokenizer", str(path), flag)
+    b.set("model.dtype", _DTYPES[args.dtype], f"--dtype {args.dtype}")
+    b.set("model.remat", args.gradient_checkpointing, "--gradient_checkpointing")
+    if args.dropout is not None:
+        b.set("model.dropout", args.dropout, f"--dropout {args.dropout}")
+
+
+def _optim(b: _Builder, args: argparse.Namespace) -> None:
+    if args.lr_scheduler_type not in SUPPORTED_SCHEDULERS:
+        raise UserError(
+            f"--lr_scheduler_type {args.lr_scheduler_type}: not implemented"
+            f" (supported: {', '.join(SUPPORTED_SCHEDULERS)})"
+        )
+    fixed = "DeepSpeed-Chat's AdamW"
+    b.set("optim.name", "adamw", fixed)
+    b.set("optim.learning_rate", args.learning_rate, f"--learning_rate {args.learning_rate}")
+    b.set("optim.weight_decay", args.weight_decay, f"--weight_decay {args.weight_decay}")
+    b.set("optim.betas", [0.9, 0.95], fixed)
+    b.set("optim.eps", 1e-8, fixed)
+    b.set("optim.grad_clip", 1.0, "DeepSpeed-Chat's gradient_clipping")
+    b.set("schedule.type", args.lr_scheduler_type, f"--lr_scheduler_type {args.lr_scheduler_type}")
+    b.set(
+        "schedule.warmup_steps",
+        args.num_warmup_steps,
+        f"--num_warmup_steps {args.num_warmup_steps}",
+    )
+
+
+def _train(b: _Builder, args: argparse.Namespace, cwd: Path) -> None:
+    b.set(
+        "train.micro_batch_size",
+        args.per_device_train_batch_size,
+        f"--per_device_train_batch_size {args.per_device_train_batch_size}",
+    )
+    b.set(
+        "train.eval_batch_size",
+        args.per_device_eval_batch_size,
+        f"--per_device_eval_batch_size {args.per_device_eval_batch_size}",
+    )
+    b.set("train.epochs", args.num_train_epochs, f"--num_train_epochs {args.num_train_epochs}")
+    b.set(
+        "train.gradient_accumulation_steps",
+        args.gradient_accumulation_steps,
+        f"--gradient_accumulation_steps {args.gradient_accumulation_steps}",
+    )
+    b.set("train.seed", args.seed, f"--seed {args.seed}")
+    if args.output_dir is not None:
+        b.set(
+            "train.output_dir", str(_local(cwd, args.output_dir)), f"--output_dir {args.output_dir}"
+        )
+    b.set("parallel.zero_stage", args.zero_stage, f"--zero_stage {args.zero_stage}")
+    b.set("logging.style", "dschat", "DeepSpeed-Chat step 1")
+    b.set("logging.print_loss", args.print_loss, "--print_loss")
+    b.set("logging.tensorboard", args.enable_tensorboard, "--enable_tensorboard")
+    # DeepSpeed-Chat's monitor writes to <tensorboard_path>/ds_tensorboard_logs/<job name>.
+    tb_dir = _local(cwd, args.tensorboard_path) / "ds_tensorboard_logs" / "step1_model_tensorboard"
+    b.set("logging.tensorboard_dir", str(tb_dir), f"--tensorboard_path {args.tensorboard_path}")
+
+
+def _notes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """One note per given flag that has no effect here."""
+    notes = []
+    for flag, why in _NO_EFFECT.items():
+        value = getattr(args, flag)
+        if value != parser.get_default(flag):
+            shown = f"--{flag}" if isinstance(value, bool) else f"--{flag} {value}"
+            notes.append(f"{shown}: accepted, no effect here ({why})")
+    if args.output_dir is None:
+        notes.append(
+            "no --output_dir: DeepSpeed-Chat would save nothing; train.output_dir's default is used"
+        )
+    return notes
+
+
+def run_config_from_dschat(
+    argv: list[str], *, cwd: Path, data_parallel_size: int = 1
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The RunConfig (as a validated nested dict) and notes for DeepSpeed-Chat step-1 flags.
+
+    Relative paths resolve against `cwd`; `data_parallel_size` is the world size used by a
+    `--deepspeed_config` file's batch-size rule.
+    """
+    parser = dschat_parser()
+    args = parser.parse_args(argv)
+    b = _Builder()
+    _model(b, args, cwd)
+    _data(b, args, cwd)
+    _optim(b, args)
+    _train(b, args, cwd)
+    notes = _notes(parser, args)
+    config_file = args.deepspeed_config or args.deepscale_config
+    if args.deepscale_config and not args.deepspeed_config:
+        notes.append("--deepscale_config is deprecated; read as --deepspeed_config")
+    config = b.config
+    if config_file is not None:
+        path = _local(cwd, config_file)
+        overrides, ds_notes = overrides_from_deepspeed(path, data_parallel_size=data_parallel_size)
+        config = merge(config, overrides)
+        for section, fields in overrides.items():
+            for field in fields:
+                b.origins[f"{section}.{field}"] = str(path)
+        notes += ds_notes
+    try:
+        RunConfig.model_validate(config)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = ".".join(str(part) for part in error["loc"])
+        message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+        raise UserError(f"{b.origin(loc)}: {loc}: {message}") from None
+    return config, notes
