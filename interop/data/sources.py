@@ -1,0 +1,165 @@
+"""Reading dataset files into validated rows that remember where they came from.
+
+A source is a `.json` file (a JSON list of objects, or JSON Lines as Hugging Face
+`datasets` also accepts under that name), a `.jsonl` file, a `.parquet` file (needs
+pyarrow), or a directory, whose `train.json`, `train.jsonl` and `train.parquet` are read.
+The format is `DataSource.format`, or else told from the first row's keys:
+
+    prompt + chosen      -> prompt_chosen      (DeepSpeed-Chat; `rejected` is ignored)
+    prompt + completion  -> prompt_completion
+    messages             -> messages           ([{role, content}, ...], chat template)
+    text                 -> text
+
+Every row is checked against its format while reading, and each row keeps its location
+(`data/train.jsonl:7`, `data/train.json: row 3`), so a bad row is reported by file and
+line. A `prompt_chosen` row whose prompt or chosen is null is kept here and dropped when
+examples are made, because DeepSpeed-Chat splits before it drops such rows.
+
+Weights blend sources: weight 1 takes every row once, 2 twice, 0.5 a seeded half;
+in general floor(w) full copies plus a seeded round(frac(w) * n) subset.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from interop.config import DataSource
+from interop.errors import UserError
+
+FORMAT_KEYS = {
+    "prompt_chosen": ("prompt", "chosen"),
+    "prompt_completion": ("prompt", "completion"),
+    "messages": ("messages",),
+    "text": ("text",),
+}
+NULLABLE = {"prompt_chosen"}  # DeepSpeed-Chat skips rows with a null prompt or chosen
+DIRECTORY_FILES = ("train.json", "train.jsonl", "train.parquet")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One validated record: its fields, its format and where it was read."""
+
+    data: dict[str, Any]
+    format: str
+    where: str
+
+
+def read_source(source: DataSource, base_dir: Path = Path(".")) -> list[Row]:
+    """The rows of one source (file or directory), validated; relative paths use base_dir."""
+    path = Path(source.path).expanduser()
+    full = path if path.is_absolute() else base_dir / path
+    if full.is_dir():
+        files = [name for name in DIRECTORY_FILES if (full / name).is_file()]
+        if not files:
+            raise UserError(f"{path}: a data directory needs one of {', '.join(DIRECTORY_FILES)}")
+        return [row for name in files for row in _read_file(full / name, path / name, source)]
+    if not full.is_file():
+        raise UserError(f"{path}: no such data file")
+    return _read_file(full, path, source)
+
+
+def weighted(rows: list[T], weight: float, rng: np.random.Generator) -> list[T]:
+    """`rows` repeated floor(weight) times plus a seeded round(frac(weight) * n) subset."""
+    whole = int(weight)
+    extra = round((weight - whole) * len(rows))
+    picked = np.sort(rng.permutation(len(rows))[:extra])
+    return rows * whole + [rows[i] for i in picked]
+
+
+def _read_file(full: Path, shown: Path, source: DataSource) -> list[Row]:
+    suffix = full.suffix.lower()
+    if suffix == ".jsonl":
+        records = _json_lines(full, shown)
+    elif suffix == ".json":
+        records = _json_file(full, shown)
+    elif suffix == ".parquet":
+        records = _parquet(full, shown)
+    else:
+        raise UserError(f"{shown}: unknown data file type '{suffix}' (use .json, .jsonl, .parquet)")
+    if not records:
+        return []
+    fmt = source.format if source.format != "auto" else _detect(*records[0])
+    return [Row(_check(record, fmt, where), fmt, where) for where, record in records]
+
+
+def _json_lines(full: Path, shown: Path) -> list[tuple[str, Any]]:
+    records = []
+    with open(full, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{shown}:{number}"
+            try:
+                records.append((where, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{where}: invalid JSON ({exc.msg})") from None
+    return records
+
+
+def _json_file(full: Path, shown: Path) -> list[tuple[str, Any]]:
+    text = full.read_text(encoding="utf-8")
+    if not text.lstrip().startswith("["):
+        return _json_lines(full, shown)
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{shown}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    return [(f"{shown}: row {i}", item) for i, item in enumerate(items, start=1)]
+
+
+def _parquet(full: Path, shown: Path) -> list[tuple[str, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(f"{shown}: reading .parquet needs pyarrow (pip install pyarrow)") from None
+    items = pq.read_table(full).to_pylist()
+    return [(f"{shown}: row {i}", item) for i, item in enumerate(items, start=1)]
+
+
+def _detect(where: str, record: Any) -> str:
+    keys = set(record) if isinstance(record, dict) else set()
+    for fmt, needed in FORMAT_KEYS.items():
+        if keys.issuperset(needed):
+            return fmt
+    found = ", ".join(sorted(map(str, keys))) or "none"
+    raise UserError(
+        f"{where}: cannot tell the data format from the keys ({found}); expected prompt+chosen,"
+        " prompt+completion, messages or text, or set the source's format"
+    )
+
+
+def _check(record: Any, fmt: str, where: str) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: expected an object, got {type(record).__name__}")
+    for key in FORMAT_KEYS[fmt]:
+        if key not in record:
+            raise UserError(f"{where}: no '{key}'")
+        value = record[key]
+        if value is None and fmt in NULLABLE:
+            continue
+        if key == "messages":
+            _check_messages(value, where)
+        elif not isinstance(value, str):
+            raise UserError(f"{where}: '{key}' must be a string, got {type(value).__name__}")
+    return record
+
+
+def _check_messages(messages: Any, where: str) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
+    for i, message in enumerate(messages):
+        if not (
+            isinstance(message, dict)
+            and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str)
+        ):
+            raise UserError(f"{where}: messages[{i}] needs a string 'role' and 'content'")
+    if not any(message["role"] == "assistant" for message in messages):
+        raise UserError(f"{where}: 'messages' has no assistant turn to train on")
