@@ -23,11 +23,11 @@ venv-core: $(VENV)/.core
 venv-dev: $(VENV)/.dev
 
 demo: venv-core
-	$(BIN)/python -m jax_sft.demo
+	$(BIN)/jax-sft train configs/demo.yaml --overwrite
 
 test: venv-dev
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: venv-dev
 	$(BIN)/ruff check .

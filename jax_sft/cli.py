@@ -29,7 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if getattr(args, "takes_foreign_flags", False):
+            args.foreign_flags = extra  # e.g. DeepSpeed-Chat's flags, parsed by the command
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return args.run(args) or 0
     except UserError as err:
         print(f"jax-sft: error: {err}", file=sys.stderr)

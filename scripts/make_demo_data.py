@@ -8,7 +8,6 @@ Run from the repository root: python scripts/make_demo_data.py
 import json
 import re
 from pathlib import Path
-
 from pydoc_data.topics import topics
 
 OUT = Path("configs/data/demo_sft")

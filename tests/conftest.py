@@ -18,7 +18,9 @@ def tiny_base(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("base-run")
     cfg = RunConfig.model_validate(
-        {"model": {"tiny": "tiny-llama", "pretrain": {"steps": 0, "vocab_size": 320}},
-         "train": {"output_dir": str(out)}}
+        {
+            "model": {"tiny": "tiny-llama", "pretrain": {"steps": 0, "vocab_size": 320}},
+            "train": {"output_dir": str(out)},
+        }
     )
     return ensure_base(cfg)

@@ -28,6 +28,13 @@ INTEROP = [
     "interop.probe",
     "interop.report",
     "interop.tiny_configs",
+    "interop.data.pipeline",
+    "interop.data.batches",
+    "interop.data.tokenizer",
+    "interop.schedules",
+    "interop.frontends.dschat",
+    "interop.frontends.deepspeed_json",
+    "interop.optim_groups",
 ]
 JAX_SFT = [
     "jax_sft.cli",
@@ -35,7 +42,7 @@ JAX_SFT = [
     "jax_sft.commands.convert",
     "jax_sft.checkpoints.loading",
     "jax_sft.models.registry",
-    "jax_sft.demo",
+    "jax_sft.train.engine",
 ]
 
 

@@ -25,19 +25,19 @@ from jax_sft.train.run import train
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "dschat-step1", add_help=False,
+        "dschat-step1",
+        add_help=False,
         help="DeepSpeed-Chat step-1 (SFT) flags, run on the JAX backend",
     )
-    p.add_argument("flags", nargs=argparse.REMAINDER, help="DeepSpeed-Chat main.py flags")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, takes_foreign_flags=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    data, notes = run_config_from_dschat(list(args.flags), cwd=Path.cwd())
+    data, notes = run_config_from_dschat(list(args.foreign_flags), cwd=Path.cwd())
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     cfg = RunConfig.model_validate(data)
-    summary = train(cfg, on_eval=eval_printer("dschat"))
+    summary = train(cfg, allow_existing=True, on_eval=eval_printer("dschat"))
     out = Path(cfg.train.output_dir)
     _, config, flat = read_checkpoint(out / "hf")
     dtype = {"bfloat16": "bfloat16", "float16": "float16"}.get(cfg.model.dtype)

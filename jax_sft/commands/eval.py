@@ -14,8 +14,11 @@ from jax_sft.train.run import initialize
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="eval loss and perplexity on the config's eval set")
     p.add_argument("config", help="YAML run config (its data section names the eval set)")
-    p.add_argument("--checkpoint", required=True,
-                   help="HF or Orbax model directory, or a run's output directory")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="HF or Orbax model directory, or a run's output directory",
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.set_defaults(run=run)

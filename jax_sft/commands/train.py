@@ -15,15 +15,30 @@ from jax_sft.train.run import train
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="supervised fine-tuning on the JAX backend")
     p.add_argument("config", nargs="?", help="YAML run config (omit for all defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE",
-                   help="override one config field (repeatable)")
-    p.add_argument("--deepspeed_config", help="take batch sizes, optimizer, schedule, clipping, "
-                   "precision and ZeRO stage from a DeepSpeed JSON config")
-    p.add_argument("--resume", action="store_true",
-                   help="require a checkpoint in the output directory and resume from it "
-                   "(a checkpoint there is resumed anyway)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an output directory that holds no checkpoint")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="A.B=VALUE",
+        help="override one config field (repeatable)",
+    )
+    p.add_argument(
+        "--deepspeed_config",
+        help="take batch sizes, optimizer, schedule, clipping, "
+        "precision and ZeRO stage from a DeepSpeed JSON config",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="require a checkpoint in the output directory and resume from it "
+        "(a checkpoint there is resumed anyway)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an output directory that holds no checkpoint",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.set_defaults(run=run)
 
@@ -53,8 +68,16 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = run_config(args)
-    summary = train(cfg, overwrite=args.overwrite, resume=args.resume,
-                    on_eval=eval_printer(cfg.logging.style))
+    if cfg.model.tiny:
+        steps = cfg.model.pretrain.steps
+        print(
+            f"base model: {cfg.model.tiny} with a tokenizer and {steps} pretraining steps on "
+            f"'{cfg.model.pretrain.corpus}', cached in {cfg.train.output_dir}/base",
+            flush=True,
+        )
+    summary = train(
+        cfg, overwrite=args.overwrite, resume=args.resume, on_eval=eval_printer(cfg.logging.style)
+    )
     last = summary.get("last_eval") or {}
     lines = [f"trained {summary['steps']} steps; final model: {summary['output_dir']}/hf"]
     if last:

@@ -43,7 +43,11 @@ def ensure_base(cfg: RunConfig) -> Path:
     root = Path(cfg.train.output_dir) / "base"
     hf_dir, recipe_file = root / "hf", root / "recipe.json"
     recipe = _recipe(cfg)
-    if recipe_file.is_file() and json.loads(recipe_file.read_text()) == recipe and is_hf_dir(hf_dir):
+    if (
+        recipe_file.is_file()
+        and json.loads(recipe_file.read_text()) == recipe
+        and is_hf_dir(hf_dir)
+    ):
         return hf_dir
     pre = cfg.model.pretrain
     texts = corpus_texts(pre.corpus)
@@ -52,8 +56,10 @@ def ensure_base(cfg: RunConfig) -> Path:
     tok = load_tokenizer(root / "tokenizer")
     config = tiny_config(cfg.model.tiny)
     config.update(
-        vocab_size=8 * -(-len(tok) // 8), bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=8 * -(-len(tok) // 8),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     model = registry.build_model(config, seed=cfg.train.seed)
     flat = {k: np.asarray(v) for k, v in registry.flat_state(model).items()}
@@ -74,17 +80,28 @@ def _pretrain(cfg: RunConfig, root: Path, init_dir: Path, texts: list[str]) -> N
     shutil.rmtree(root / "pretrain", ignore_errors=True)
     corpus = root / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    run = RunConfig.model_validate({
-        "model": {"path": str(init_dir), "dtype": cfg.model.dtype},
-        "data": {"sources": [{"path": str(corpus), "format": "text"}], "packing": True,
-                 "max_seq_len": pre.seq_len, "loss_on": "all", "seed": cfg.train.seed},
-        "optim": {"learning_rate": pre.learning_rate, "weight_decay": 0.0},
-        "schedule": {"type": "cosine", "warmup_steps": max(pre.steps // 10, 1)},
-        "train": {"output_dir": str(root / "pretrain"), "max_steps": pre.steps,
-                  "micro_batch_size": pre.batch_size, "seed": cfg.train.seed,
-                  "log_every": max(pre.steps // 10, 1)},
-        "logging": {"progress_bar": cfg.logging.progress_bar},
-    })
+    run = RunConfig.model_validate(
+        {
+            "model": {"path": str(init_dir), "dtype": cfg.model.dtype},
+            "data": {
+                "sources": [{"path": str(corpus), "format": "text"}],
+                "packing": True,
+                "max_seq_len": pre.seq_len,
+                "loss_on": "all",
+                "seed": cfg.train.seed,
+            },
+            "optim": {"learning_rate": pre.learning_rate, "weight_decay": 0.0},
+            "schedule": {"type": "cosine", "warmup_steps": max(pre.steps // 10, 1)},
+            "train": {
+                "output_dir": str(root / "pretrain"),
+                "max_steps": pre.steps,
+                "micro_batch_size": pre.batch_size,
+                "seed": cfg.train.seed,
+                "log_every": max(pre.steps // 10, 1),
+            },
+            "logging": {"progress_bar": cfg.logging.progress_bar},
+        }
+    )
     engine = Engine(run, init_dir)
     engine.fit()
     engine.export_hf(root / "hf")

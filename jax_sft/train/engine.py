@@ -43,29 +43,41 @@ class Engine:
         tok_dir = Path(cfg.data.tokenizer) if cfg.data.tokenizer else model_dir
         _, hf_config, flat = read_checkpoint(model_dir)
         self.tokenizer, eot = prepare_tokenizer(
-            load_tokenizer(tok_dir), hf_config["model_type"],
-            eot_token=cfg.data.eot_token, add_eot_token=cfg.data.add_eot_token,
+            load_tokenizer(tok_dir),
+            hf_config["model_type"],
+            eot_token=cfg.data.eot_token,
+            add_eot_token=cfg.data.add_eot_token,
         )
         self.hf_config, flat = resize_vocab(hf_config, flat, len(self.tokenizer))
         limit = max_positions(self.hf_config)
         if cfg.data.max_seq_len > limit:
             raise UserError(
-                f"data.max_seq_len: {cfg.data.max_seq_len} is beyond the model's "
-                f"{limit} positions"
+                f"data.max_seq_len: {cfg.data.max_seq_len} is beyond the model's {limit} positions"
             )
         train, evals = build_datasets(cfg.data, self.tokenizer, eot, base_dir=base_dir)
         t = cfg.train
         self.accum = t.gradient_accumulation_steps
         pad = self.tokenizer.pad_token_id
         self.batches = Batches(
-            train, batch_size=t.micro_batch_size * self.accum, seq_len=cfg.data.max_seq_len,
-            pad_id=pad, packing=cfg.data.packing, seed=t.seed,
+            train,
+            batch_size=t.micro_batch_size * self.accum,
+            seq_len=cfg.data.max_seq_len,
+            pad_id=pad,
+            packing=cfg.data.packing,
+            seed=t.seed,
         )
         self.eval_batches = (
-            Batches(evals, batch_size=t.eval_batch_size or t.micro_batch_size,
-                    seq_len=cfg.data.max_seq_len, pad_id=pad, packing=cfg.data.packing,
-                    seed=t.seed, shuffle=False)
-            if evals else None
+            Batches(
+                evals,
+                batch_size=t.eval_batch_size or t.micro_batch_size,
+                seq_len=cfg.data.max_seq_len,
+                pad_id=pad,
+                packing=cfg.data.packing,
+                seed=t.seed,
+                shuffle=False,
+            )
+            if evals
+            else None
         )
         self.total_steps = t.max_steps or t.epochs * self.batches.steps_per_epoch
 
@@ -74,7 +86,7 @@ class Engine:
         )
         del flat
         self.graphdef, params = nnx.split(model)
-        params = params.to_pure_dict()
+        params = nnx.to_pure_dict(params)
         self.optimizer = make_optimizer(cfg.optim, params, registry.name_table(self.hf_config))
         self.state = init_state(params, self.optimizer, t.seed)
         self._train_step = make_train_step(self.graphdef, self.optimizer)
@@ -88,14 +100,16 @@ class Engine:
     # -- the calls a DeepSpeed user knows -------------------------------------------------
 
     def lr(self, step: int) -> float:
-        return learning_rate(step, self.cfg.optim.learning_rate, self.cfg.schedule,
-                             self.total_steps)
+        return learning_rate(
+            step, self.cfg.optim.learning_rate, self.cfg.schedule, self.total_steps
+        )
 
     def global_batch(self, step: int) -> dict[str, jax.Array]:
         """The batch of optimizer step `step`, shaped [accumulation, micro, seq]."""
         batch = self.batches.batch(step)
-        return {k: jnp.asarray(batch[k].reshape(self.accum, -1, batch[k].shape[-1]))
-                for k in BATCH_KEYS}
+        return {
+            k: jnp.asarray(batch[k].reshape(self.accum, -1, batch[k].shape[-1])) for k in BATCH_KEYS
+        }
 
     def train_batch(self, batch: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
         """One optimizer step (on the run's own next batch unless one is given)."""
@@ -115,8 +129,9 @@ class Engine:
             return {}
         sums, counts = [], []
         for i in range(self.eval_batches.steps_per_epoch):
-            batch = {k: jnp.asarray(v) for k, v in self.eval_batches.batch(i).items()
-                     if k in BATCH_KEYS}
+            batch = {
+                k: jnp.asarray(v) for k, v in self.eval_batches.batch(i).items() if k in BATCH_KEYS
+            }
             s, n = self._eval_step(self.state["params"], batch)
             sums.append(s)
             counts.append(n)
@@ -131,7 +146,9 @@ class Engine:
     def checkpoints(self) -> Checkpoints:
         """The run's checkpoint directory, opened on first use (evaluation needs none)."""
         if self._checkpoints is None:
-            self._checkpoints = Checkpoints(self.out / "checkpoints", self.cfg.train.keep_checkpoints)
+            self._checkpoints = Checkpoints(
+                self.out / "checkpoints", self.cfg.train.keep_checkpoints
+            )
         return self._checkpoints
 
     def save_checkpoint(self) -> None:
@@ -162,37 +179,60 @@ class Engine:
         tb = None
         if self.cfg.logging.tensorboard:
             tb = Path(self.cfg.logging.tensorboard_dir or self.out / "tensorboard")
-        self.log = MetricsLog(self.out / "metrics.jsonl", tensorboard_dir=tb,
-                              progress=self.cfg.logging.progress_bar)
+        self.log = MetricsLog(
+            self.out / "metrics.jsonl", tensorboard_dir=tb, progress=self.cfg.logging.progress_bar
+        )
         resumed = self.load_checkpoint()
-        if resumed is not None:
-            self.log.truncate_after(resumed)
+        self.log.truncate_after(resumed or 0)
         first_eval = self._report_eval(printer) if resumed is None else {}
         last_eval = first_eval
         pending: list[tuple[int, dict]] = []
         started, start_step = time.monotonic(), self.step
         self._last_flush = started
         last_good = resumed
-        while self.step < self.total_steps:
-            pending.append((self.step + 1, self.train_batch()))
-            done = self.step
-            boundary = done % self.batches.steps_per_epoch == 0
-            save = (t.save_every and done % t.save_every == 0) or done == self.total_steps
-            if done % t.log_every == 0 or save or boundary or done == self.total_steps:
-                self._flush(pending, last_good)
-                pending = []
-                last = self._last_logged
-                self.log.show(done, self.total_steps, last["loss"], last["tokens_per_s"],
-                              started, start_step)
-            if save:
-                self.save_checkpoint()
-                last_good = done
-            if (t.eval_every and done % t.eval_every == 0) or boundary or done == self.total_steps:
-                last_eval = self._report_eval(printer)
-        self.checkpoints.close()
-        self.log.close()
-        return {"steps": self.step, "first_eval": first_eval, "last_eval": last_eval,
-                **self._last_logged}
+        try:
+            while self.step < self.total_steps:
+                pending.append((self.step + 1, self.train_batch()))
+                done = self.step
+                boundary = done % self.batches.steps_per_epoch == 0
+                save = (t.save_every and done % t.save_every == 0) or done == self.total_steps
+                if done % t.log_every == 0 or save or boundary or done == self.total_steps:
+                    self._flush(pending, last_good)
+                    pending = []
+                    last = self._last_logged
+                    self.log.show(
+                        done,
+                        self.total_steps,
+                        last["loss"],
+                        last["tokens_per_s"],
+                        started,
+                        start_step,
+                    )
+                if save:
+                    self.save_checkpoint()
+                    last_good = done
+                if (
+                    (t.eval_every and done % t.eval_every == 0)
+                    or boundary
+                    or done == self.total_steps
+                ):
+                    last_eval = self._report_eval(printer)
+        finally:
+            self.close()
+        return {
+            "steps": self.step,
+            "first_eval": first_eval,
+            "last_eval": last_eval,
+            **self._last_logged,
+        }
+
+    def close(self) -> None:
+        """Finish pending checkpoint writes (even when training stops on an error)."""
+        if self._checkpoints is not None:
+            self._checkpoints.close()
+            self._checkpoints = None
+        if self.log is not None:
+            self.log.close()
 
     def _flush(self, pending: list[tuple[int, dict]], last_good: int | None) -> None:
         """Bring the pending step metrics to the host, log them, stop on a NaN loss."""
@@ -203,19 +243,29 @@ class Engine:
         for (step, _), m in zip(pending, host, strict=True):
             loss = float(m["loss"])
             if not math.isfinite(loss):
-                where = (f"the last good checkpoint is step {last_good} in "
-                         f"{self.out / 'checkpoints'}" if last_good else "no checkpoint was saved")
+                where = (
+                    f"the last good checkpoint is step {last_good} in {self.out / 'checkpoints'}"
+                    if last_good
+                    else "no checkpoint was saved"
+                )
                 raise UserError(f"training diverged: loss is {loss} at step {step}; {where}")
-            entry = {"step": step, "loss": loss, "lr": float(m["lr"]),
-                     "grad_norm": float(m["grad_norm"]), "tokens": int(m["tokens"]),
-                     "tokens_per_s": rate}
+            entry = {
+                "step": step,
+                "loss": loss,
+                "lr": float(m["lr"]),
+                "grad_norm": float(m["grad_norm"]),
+                "tokens": int(m["tokens"]),
+                "tokens_per_s": rate,
+            }
             self.log.write(entry)
             self._last_logged = entry
 
     def export_hf(self, dst: Path, *, overwrite: bool = True) -> None:
         """The trained model as a Hugging Face directory (weights in the param dtype)."""
-        flat = {registry.path_str(p): np.asarray(v) for p, v in
-                nnx.to_flat_state(nnx.state(nnx.merge(self.graphdef, self.state["params"])))}
+        flat = {
+            registry.path_str(p): np.asarray(v)
+            for p, v in nnx.to_flat_state(nnx.state(nnx.merge(self.graphdef, self.state["params"])))
+        }
         with output_dir(dst, overwrite=overwrite) as tmp:
             write_checkpoint(tmp, "hf", self.hf_config, flat)
             self.tokenizer.save_pretrained(tmp)

@@ -42,8 +42,15 @@ class MetricsLog:
                 if key != "step" and isinstance(value, int | float):
                     self.writer.add_scalar(key, value, entry["step"])
 
-    def show(self, step: int, total: int, loss: float, tokens_per_s: float, started: float,
-             start_step: int) -> None:
+    def show(
+        self,
+        step: int,
+        total: int,
+        loss: float,
+        tokens_per_s: float,
+        started: float,
+        start_step: int,
+    ) -> None:
         """One updating terminal line: step, loss, tokens/s and ETA."""
         if not self.progress:
             return

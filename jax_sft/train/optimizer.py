@@ -25,7 +25,9 @@ def decay_mask(params: Mapping, table: NameTable) -> Mapping:
     )
 
 
-def make_optimizer(cfg: OptimConfig, params: Mapping, table: NameTable) -> optax.GradientTransformation:
+def make_optimizer(
+    cfg: OptimConfig, params: Mapping, table: NameTable
+) -> optax.GradientTransformation:
     """The update direction before scaling by -lr."""
     parts = []
     if cfg.grad_clip is not None:

@@ -19,7 +19,11 @@ from jax_sft.train.engine import Engine
 KEEP_ON_OVERWRITE = ("base",)
 
 
-def prepare_output(out: Path, *, overwrite: bool, resume: bool) -> None:
+def prepare_output(
+    out: Path, *, overwrite: bool, resume: bool, allow_existing: bool = False
+) -> None:
+    """Apply the output-directory rules; `allow_existing` writes beside files already there
+    (DeepSpeed-Chat's scripts create `--output_dir` and log into it before training)."""
     has_checkpoint = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
     if resume and not has_checkpoint:
         raise UserError(f"--resume: {out} holds no checkpoint")
@@ -27,7 +31,7 @@ def prepare_output(out: Path, *, overwrite: bool, resume: bool) -> None:
         for child in out.iterdir():
             if child.name not in KEEP_ON_OVERWRITE:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
-    elif out.exists() and not has_checkpoint:
+    elif out.exists() and not has_checkpoint and not allow_existing:
         leftovers = [c.name for c in out.iterdir() if c.name not in KEEP_ON_OVERWRITE]
         if leftovers:
             raise UserError(
@@ -48,12 +52,16 @@ def initialize(config: RunConfig, model: str | Path | None = None) -> Engine:
 
 
 def train(
-    config: RunConfig, *, overwrite: bool = False, resume: bool = False,
+    config: RunConfig,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    allow_existing: bool = False,
     on_eval: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run to the end, export `OUTPUT_DIR/hf`; returns the summary."""
     out = Path(config.train.output_dir)
-    prepare_output(out, overwrite=overwrite, resume=resume)
+    prepare_output(out, overwrite=overwrite, resume=resume, allow_existing=allow_existing)
     engine = initialize(config)
     summary = engine.fit(on_eval)
     engine.export_hf(out / "hf")

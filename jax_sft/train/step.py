@@ -66,7 +66,7 @@ def make_train_step(
         }
         metrics = {
             "loss": jnp.sum(loss_sums) / denom,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "tokens": tokens,
         }
         return new_state, metrics

@@ -1,0 +1,119 @@
+"""`jax-sft train`, `eval` and `dschat-step1` end to end, and their answers to bad input."""
+
+import json
+import shutil
+
+import transformers
+from train_fixtures import DEMO_DATA, run_config
+
+from interop.config import dump_config
+from jax_sft import cli
+
+
+def write_config(tmp_path, cfg):
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_config(cfg))
+    return path
+
+
+def test_train_writes_metrics_checkpoints_and_hf_export(tiny_base, tmp_path, capsys):
+    cfg = write_config(tmp_path, run_config(tiny_base, tmp_path / "out"))
+    assert cli.main(["train", str(cfg), "--set", "train.max_steps=6", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 6
+    assert summary["last_eval"]["eval_loss"] < summary["first_eval"]["eval_loss"]
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
+    assert set(train_rows[0]) == {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s"}
+    assert any("eval_ppl" in r for r in rows)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "hf")
+    assert model.config.model_type == "llama"
+    assert cli.main(["eval", str(cfg), "--checkpoint", str(tmp_path / "out"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert abs(result["eval_loss"] - summary["last_eval"]["eval_loss"]) < 1e-5
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tiny_base, tmp_path, capsys):
+    cfg = run_config(
+        tiny_base,
+        tmp_path / "out",
+        train={"max_steps": 6, "save_every": 1, "log_every": 1},
+        optim={"learning_rate": 1e30, "grad_clip": None},
+        schedule={"type": "constant"},
+    )
+    assert cli.main(["train", str(write_config(tmp_path, cfg))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training diverged: loss is nan at step" in err[0]
+    bad_step = int(err[0].split("at step ")[1].split(";")[0])
+    assert f"the last good checkpoint is step {bad_step - 1}" in err[0]
+    saved = sorted(
+        int(p.name) for p in (tmp_path / "out" / "checkpoints").iterdir() if p.name.isdigit()
+    )
+    assert saved[-1] == bad_step - 1
+
+
+def test_max_seq_len_beyond_positions_is_refused(tiny_base, tmp_path, capsys):
+    cfg = write_config(tmp_path, run_config(tiny_base, tmp_path / "out"))
+    assert cli.main(["train", str(cfg), "--set", "data.max_seq_len=4096"]) == 2
+    assert "data.max_seq_len: 4096 is beyond the model's 512 positions" in capsys.readouterr().err
+
+
+def test_existing_output_without_checkpoint_is_kept(tiny_base, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    cfg = write_config(tmp_path, run_config(tiny_base, out))
+    assert cli.main(["train", str(cfg)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_dschat_step1_runs_run_1_3b_flags_on_local_jsonfile(tmp_path, monkeypatch, capsys):
+    from interop.config import RunConfig
+    from jax_sft.train.base_model import ensure_base
+
+    opt = ensure_base(
+        RunConfig.model_validate(
+            {
+                "model": {"tiny": "tiny-opt", "pretrain": {"steps": 0, "vocab_size": 320}},
+                "train": {"output_dir": str(tmp_path / "opt-base")},
+            }
+        )
+    )
+    work = tmp_path / "app"
+    (work / "data").mkdir(parents=True)
+    for split in ("train", "eval"):
+        rows = [json.loads(x) for x in (DEMO_DATA / f"{split}.jsonl").read_text().splitlines()]
+        (work / "data" / f"{split}.json").write_text(json.dumps(rows))
+    output = work / "output"
+    output.mkdir()
+    (output / "training.log").write_text("")  # run_1.3b.sh redirects its log here first
+    monkeypatch.chdir(work)
+    flags = [
+        "--data_path",
+        "local/jsonfile",
+        "--model_name_or_path",
+        str(opt),
+        "--gradient_accumulation_steps",
+        "8",
+        "--lora_dim",
+        "128",
+        "--zero_stage",
+        "0",
+        "--enable_tensorboard",
+        "--tensorboard_path",
+        str(output),
+        "--deepspeed",
+        "--output_dir",
+        str(output),
+    ]
+    assert cli.main(["dschat-step1", *flags]) == 0
+    out, err = capsys.readouterr()
+    ppl_lines = [x for x in out.splitlines() if x.startswith("ppl: ")]
+    assert len(ppl_lines) == 2 and ", loss: " in ppl_lines[0]
+    assert "lora" in err.lower()  # the LoRA flags are reported, not dropped
+    saved = transformers.AutoModelForCausalLM.from_pretrained(output)
+    assert saved.config.model_type == "opt"
+    assert (output / "tokenizer_config.json").is_file() and (output / "training.log").exists()
+    shutil.rmtree(output)
