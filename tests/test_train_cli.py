@@ -117,3 +117,81 @@ def test_dschat_step1_runs_run_1_3b_flags_on_local_jsonfile(tmp_path, monkeypatc
     assert saved.config.model_type == "opt"
     assert (output / "tokenizer_config.json").is_file() and (output / "training.log").exists()
     shutil.rmtree(output)
+
+
+def test_python_api_engine_saves_and_loads(tiny_base, tmp_path):
+    import jax
+    import numpy as np
+
+    import jax_sft
+
+    cfg = run_config(tiny_base, tmp_path / "out")
+    engine = jax_sft.initialize(config=cfg, model=tiny_base)
+    metrics = engine.train_batch()
+    assert float(metrics["loss"]) > 0 and engine.step == 1
+    engine.save_checkpoint()
+    engine.close()
+    other = jax_sft.initialize(config=cfg)
+    assert other.load_checkpoint() == 1
+    for a, b in zip(jax.tree.leaves(engine.state), jax.tree.leaves(other.state), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert set(other.evaluate()) == {"eval_loss", "eval_ppl"}
+
+
+def test_tensorboard_event_files_are_written(tiny_base, tmp_path, capsys):
+    cfg = write_config(tmp_path, run_config(tiny_base, tmp_path / "out"))
+    assert (
+        cli.main(
+            ["train", str(cfg), "--set", "logging.tensorboard=true", "--set", "train.max_steps=2"]
+        )
+        == 0
+    )
+    events = list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 100
+
+
+def test_deepspeed_config_drives_batch_optimizer_and_schedule(tiny_base, tmp_path, capsys):
+    ds = {
+        "train_batch_size": 8,
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 4,
+        "gradient_clipping": 1.0,
+        "optimizer": {"type": "AdamW", "params": {"lr": 5e-4, "weight_decay": 0.1}},
+        "scheduler": {
+            "type": "WarmupDecayLR",
+            "params": {
+                "total_num_steps": 10,
+                "warmup_min_lr": 0,
+                "warmup_max_lr": 5e-4,
+                "warmup_num_steps": 4,
+            },
+        },
+        "zero_optimization": {"stage": 2},
+    }
+    ds_file = tmp_path / "ds.json"
+    ds_file.write_text(json.dumps(ds))
+    cfg = write_config(tmp_path, run_config(tiny_base, tmp_path / "out"))
+    argv = [
+        "train",
+        str(cfg),
+        "--deepspeed_config",
+        str(ds_file),
+        "--set",
+        "train.max_steps=3",
+        "--json",
+    ]
+    assert cli.main(argv) == 0
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    from interop.config import ScheduleConfig
+    from interop.schedules import learning_rate
+
+    sched = ScheduleConfig(type="warmup_decay_lr", warmup_steps=4, total_steps=10)
+    assert [r["lr"] for r in steps] == [learning_rate(i, 5e-4, sched, 3) for i in range(3)]
+    assert steps[0]["tokens"] > 0
+    capsys.readouterr()
+    ds["train_batch_size"] = 12
+    ds_file.write_text(json.dumps(ds))
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(ds_file) in err and "train_batch_size 12" in err

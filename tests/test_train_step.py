@@ -70,3 +70,22 @@ def test_packed_loss_equals_unpacked_loss(tiny_base, tmp_path):
     (s_u, n_u), (s_p, n_p) = totals
     assert n_u == n_p > 0
     assert abs(s_u / n_u - s_p / n_p) <= 1e-5
+
+
+def test_remat_recomputes_without_changing_results(tiny_base, tmp_path):
+    plain = initialize(run_config(tiny_base, tmp_path / "a", schedule=CONSTANT))
+    remat = initialize(
+        run_config(
+            tiny_base,
+            tmp_path / "b",
+            schedule=CONSTANT,
+            model={"path": str(tiny_base), "remat": True},
+        )
+    )
+    batch = plain.global_batch(0)
+    lr = jnp.float32(1e-3)
+    jaxprs = [str(jax.make_jaxpr(e._train_step)(e.state, batch, lr)) for e in (plain, remat)]
+    assert "remat2[" not in jaxprs[0] and "remat2[" in jaxprs[1]
+    plain.train_batch(batch)
+    remat.train_batch(batch)
+    assert max_param_diff(params_of(plain), params_of(remat)) <= 1e-6

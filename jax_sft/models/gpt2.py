@@ -18,7 +18,7 @@ from flax import nnx
 from interop.errors import UserError
 from jax_sft.models.attention import causal_mask, default_positions, dot_product_attention
 from jax_sft.models.hf_names import NameTable, Rule, merge_tail
-from jax_sft.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, normal_init
+from jax_sft.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, call_layer, normal_init
 
 MODEL_TYPES = ("gpt2",)
 
@@ -181,9 +181,11 @@ class GPT2(nnx.Module):
         *,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
+        remat: bool = False,
         rngs: nnx.Rngs,
     ):
         self.cfg = cfg
+        self.remat = remat
         emb = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, init_std=cfg.initializer_range)
         self.wte = Embed(cfg.vocab_size, cfg.n_embd, axes=("vocab", "embed"), **emb)
         self.wpe = Embed(cfg.n_positions, cfg.n_embd, axes=(None, "embed"), **emb)
@@ -206,5 +208,5 @@ class GPT2(nnx.Module):
         allowed = causal_mask(attention_mask, segment_ids)
         x = self.wte(input_ids) + self.wpe(positions)
         for block in self.h:
-            x = block(x, allowed)
+            x = call_layer(block, self.remat, x, allowed)
         return self.wte.attend(self.ln_f(x)).astype(jnp.float32)

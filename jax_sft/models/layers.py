@@ -120,3 +120,12 @@ ACTIVATIONS = {
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
 }
+
+
+def call_layer(layer: nnx.Module, remat: bool, *args: jax.Array) -> jax.Array:
+    """`layer(*args)`, rematerialised in the backward pass when `remat` (activation
+    checkpointing): only the layer's inputs are kept, its insides are recomputed."""
+    if not remat:
+        return layer(*args)
+    graphdef, state = nnx.split(layer)
+    return jax.checkpoint(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, *args)

@@ -16,7 +16,7 @@ from flax import nnx
 from interop.errors import UserError
 from jax_sft.models.attention import causal_mask, default_positions, dot_product_attention
 from jax_sft.models.hf_names import TRANSPOSE, NameTable, Rule
-from jax_sft.models.layers import ACTIVATIONS, Embed, Linear, RMSNorm
+from jax_sft.models.layers import ACTIVATIONS, Embed, Linear, RMSNorm, call_layer
 from jax_sft.models.rope import apply_rope, inverse_frequencies, rope_parameters
 
 MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -158,9 +158,11 @@ class Llama(nnx.Module):
         *,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
+        remat: bool = False,
         rngs: nnx.Rngs,
     ):
         self.cfg = cfg
+        self.remat = remat
         self.embed_tokens = Embed(
             cfg.vocab_size,
             cfg.hidden_size,
@@ -209,7 +211,7 @@ class Llama(nnx.Module):
         allowed = causal_mask(attention_mask, segment_ids)
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
-            x = layer(x, positions, allowed)
+            x = call_layer(layer, self.remat, x, positions, allowed)
         x = self.norm(x)
         logits = self.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)
         return logits.astype(jnp.float32)

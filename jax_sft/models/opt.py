@@ -17,7 +17,7 @@ from flax import nnx
 from interop.errors import UserError
 from jax_sft.models.attention import causal_mask, default_positions, dot_product_attention
 from jax_sft.models.hf_names import TRANSPOSE, NameTable, Rule
-from jax_sft.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear
+from jax_sft.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, call_layer
 
 MODEL_TYPES = ("opt",)
 POSITION_OFFSET = 2
@@ -161,9 +161,11 @@ class OPT(nnx.Module):
         *,
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
+        remat: bool = False,
         rngs: nnx.Rngs,
     ):
         self.cfg = cfg
+        self.remat = remat
         e, p = cfg.hidden_size, cfg.word_embed_proj_dim
         emb = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, init_std=cfg.init_std)
         lin = dict(use_bias=False, **emb)
@@ -204,7 +206,7 @@ class OPT(nnx.Module):
             x = self.project_in(x)
         x = x + self.embed_positions(positions + POSITION_OFFSET)
         for layer in self.layers:
-            x = layer(x, allowed)
+            x = call_layer(layer, self.remat, x, allowed)
         if self.final_layer_norm is not None:
             x = self.final_layer_norm(x)
         if self.project_out is not None:

@@ -64,12 +64,17 @@ def build_model(
     dtype: str = "float32",
     param_dtype: str = "float32",
     seed: int = 0,
+    remat: bool = False,
 ) -> nnx.Module:
     """A randomly initialised model (HF's normal(initializer_range) init)."""
     family = family_of(hf_config)
     cfg = family.config_from_hf(dict(hf_config))
     return family.model_cls(
-        cfg, dtype=DTYPES[dtype], param_dtype=DTYPES[param_dtype], rngs=nnx.Rngs(seed)
+        cfg,
+        dtype=DTYPES[dtype],
+        param_dtype=DTYPES[param_dtype],
+        remat=remat,
+        rngs=nnx.Rngs(seed),
     )
 
 
@@ -94,12 +99,15 @@ def model_from_flat(
     *,
     dtype: str = "float32",
     param_dtype: str = "float32",
+    remat: bool = False,
 ) -> nnx.Module:
     """A model holding the given (path, array) pairs, cast to `param_dtype`.
 
     Consumes the pairs one at a time, so a streaming reader never holds a second copy.
     """
-    abstract = nnx.eval_shape(lambda: build_model(hf_config, dtype=dtype, param_dtype=param_dtype))
+    abstract = nnx.eval_shape(
+        lambda: build_model(hf_config, dtype=dtype, param_dtype=param_dtype, remat=remat)
+    )
     graphdef, state = nnx.split(abstract)
     variables = {path_str(p): v for p, v in nnx.to_flat_state(state)}
     target = DTYPES[param_dtype]

@@ -32,6 +32,8 @@ from jax_sft.train.metrics import MetricsLog
 from jax_sft.train.optimizer import make_optimizer
 from jax_sft.train.step import BATCH_KEYS, init_state, make_eval_step, make_train_step
 
+DROPOUT_KEYS = ("dropout", "attention_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
+
 
 class Engine:
     """One fine-tuning run on the JAX backend."""
@@ -49,6 +51,13 @@ class Engine:
             add_eot_token=cfg.data.add_eot_token,
         )
         self.hf_config, flat = resize_vocab(hf_config, flat, len(self.tokenizer))
+        if cfg.model.dropout:
+            raise UserError("model.dropout: dropout is not implemented on the JAX backend; use 0")
+        self.notes = [
+            f"the model config sets {key} {hf_config[key]}; the JAX backend trains without dropout"
+            for key in DROPOUT_KEYS
+            if hf_config.get(key)
+        ]
         limit = max_positions(self.hf_config)
         if cfg.data.max_seq_len > limit:
             raise UserError(
@@ -82,7 +91,11 @@ class Engine:
         self.total_steps = t.max_steps or t.epochs * self.batches.steps_per_epoch
 
         model = registry.model_from_flat(
-            self.hf_config, flat.items(), dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype
+            self.hf_config,
+            flat.items(),
+            dtype=cfg.model.dtype,
+            param_dtype=cfg.model.param_dtype,
+            remat=cfg.model.remat,
         )
         del flat
         self.graphdef, params = nnx.split(model)

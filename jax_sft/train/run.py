@@ -8,10 +8,11 @@ refused unless `overwrite` (which keeps the cached `base/`). The final model goe
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from interop.config import RunConfig
+from interop.config import RunConfig, load_config
 from interop.errors import UserError
 from jax_sft.train.base_model import ensure_base
 from jax_sft.train.engine import Engine
@@ -41,8 +42,11 @@ def prepare_output(
     out.mkdir(parents=True, exist_ok=True)
 
 
-def initialize(config: RunConfig, model: str | Path | None = None) -> Engine:
-    """The engine of a run (DeepSpeed's `initialize`, for JAX): model path or the tiny base."""
+def initialize(config: RunConfig | str | Path, model: str | Path | None = None) -> Engine:
+    """The engine of a run, as DeepSpeed's `initialize` gives one: `config` is a RunConfig or
+    a YAML path; `model` (an HF or Orbax directory) replaces the config's model source."""
+    if not isinstance(config, RunConfig):
+        config = load_config(config)
     if model is not None:
         config = config.model_copy(
             update={"model": config.model.model_copy(update={"path": str(model), "tiny": None})}
@@ -63,6 +67,8 @@ def train(
     out = Path(config.train.output_dir)
     prepare_output(out, overwrite=overwrite, resume=resume, allow_existing=allow_existing)
     engine = initialize(config)
+    for note in engine.notes:
+        print(f"note: {note}", file=sys.stderr)
     summary = engine.fit(on_eval)
     engine.export_hf(out / "hf")
     return {**summary, "output_dir": str(out)}
