@@ -1,6 +1,5 @@
 """Reading sources: format detection, file:line errors, directories, weights."""
 
-import importlib.util
 import json
 import os
 
@@ -119,12 +118,18 @@ def test_missing_file_and_unknown_type(tmp_path):
         read_source(DataSource(path="d.csv"), tmp_path)
 
 
-def test_parquet_without_pyarrow_says_so(tmp_path):
-    if importlib.util.find_spec("pyarrow") is not None:
-        pytest.skip("pyarrow is installed")
-    (tmp_path / "d.parquet").write_bytes(b"PAR1")
-    with pytest.raises(UserError, match="^d.parquet: reading .parquet needs pyarrow"):
-        read_source(DataSource(path="d.parquet"), tmp_path)
+def test_parquet_rows_are_read_and_a_corrupt_file_is_named(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"prompt": ["p1", "p2"], "chosen": ["c1", "c2"]})
+    pq.write_table(table, tmp_path / "d.parquet")
+    rows = read_source(DataSource(path="d.parquet"), tmp_path)
+    assert [r.data["chosen"] for r in rows] == ["c1", "c2"]
+    assert rows[0].format == "prompt_chosen" and rows[1].where == "d.parquet: row 2"
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(UserError, match="^bad.parquet: not a readable parquet file"):
+        read_source(DataSource(path="bad.parquet"), tmp_path)
 
 
 @pytest.mark.parametrize(("weight", "count"), [(1.0, 10), (2.0, 20), (0.5, 5), (1.3, 13)])

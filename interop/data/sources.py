@@ -1,8 +1,8 @@
 """Reading dataset files into validated rows that remember where they came from.
 
 A source is a `.json` file (a JSON list of objects, or JSON Lines as Hugging Face
-`datasets` also accepts under that name), a `.jsonl` file, a `.parquet` file (needs
-pyarrow), or a directory, whose `train.json`, `train.jsonl` and `train.parquet` are read.
+`datasets` also accepts under that name), a `.jsonl` file, a `.parquet` file, or a
+directory, whose `train.json`, `train.jsonl` and `train.parquet` are read.
 The format is `DataSource.format`, or else told from the first row's keys:
 
     prompt + chosen      -> prompt_chosen      (DeepSpeed-Chat; `rejected` is ignored)
@@ -115,11 +115,13 @@ def _json_file(full: Path, shown: Path) -> list[tuple[str, Any]]:
 
 
 def _parquet(full: Path, shown: Path) -> list[tuple[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise UserError(f"{shown}: reading .parquet needs pyarrow (pip install pyarrow)") from None
-    items = pq.read_table(full).to_pylist()
+        items = pq.read_table(full).to_pylist()
+    except pa.ArrowException as exc:
+        raise UserError(f"{shown}: not a readable parquet file ({exc})") from None
     return [(f"{shown}: row {i}", item) for i, item in enumerate(items, start=1)]
 
 
