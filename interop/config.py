@@ -113,6 +113,7 @@ class DataSource(_Section):
     path: str
     format: Literal["auto", "prompt_chosen", "prompt_completion", "messages", "text"] = "auto"
     weight: PositiveFloat = 1.0
+    split: bool = True  # False: all rows, whatever data.data_split says (DS-Chat sft-only data)
 
 
 class DataConfig(_Section):

@@ -52,6 +52,23 @@ def test_phase_split_applies_to_train_and_eval_separately(tmp_path, opt_tok):
     assert decoded(tok, evals) == want_eval and len(evals) == 2
 
 
+def test_unsplit_sources_keep_every_row(tmp_path, opt_tok):
+    tok, eos = opt_tok
+    write_pairs(tmp_path / "a.json", 20, "a")
+    write_pairs(tmp_path / "b.json", 5, "b")
+    cfg = DataConfig(
+        sources=[{"path": "a.json"}, {"path": "b.json", "split": False}],
+        data_split="2,4,4",
+        max_seq_len=64,
+    )
+    train, _ = build(cfg, tok, eos, tmp_path)
+    texts = decoded(tok, train)
+    assert len(train) == 4 + 5
+    assert sorted(t for t in texts if t.startswith(" b")) == sorted(
+        f" b question {i} answer {i}" for i in range(5)
+    )
+
+
 def test_empty_after_split_names_sources_and_reason(tmp_path, opt_tok):
     write_pairs(tmp_path / "data" / "train.json", 2, "t")
     cfg = DataConfig(sources=[{"path": "data/train.json"}], data_split="1,1,1", phase=1)

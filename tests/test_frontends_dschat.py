@@ -208,12 +208,13 @@ def test_no_effect_flags_are_reported(app: Path) -> None:
     assert quiet == []
 
 
-def test_sft_only_sources_need_an_all_phase_1_split(app: Path) -> None:
+def test_sft_only_sources_are_never_split(app: Path) -> None:
     argv = _base(app) + ["--sft_only_data_path", "local/jsonfile"]
-    with pytest.raises(UserError, match=r"^--sft_only_data_path: .*--data_split 10,0,0"):
-        run_config_from_dschat(argv, cwd=app)
-    config, _ = run_config_from_dschat(argv + ["--data_split", "10,0,0"], cwd=app)
-    assert len(config["data"]["sources"]) == 2 and len(config["data"]["eval_sources"]) == 2
+    config, _ = run_config_from_dschat(argv, cwd=app)
+    sources, evals = config["data"]["sources"], config["data"]["eval_sources"]
+    assert len(sources) == 2 and len(evals) == 2
+    assert [s.get("split", True) for s in sources] == [True, False]
+    assert [s.get("split", True) for s in evals] == [True, False]
 
 
 def test_deepspeed_config_applies_on_top(app: Path) -> None:

@@ -1,7 +1,7 @@
 """The data config turned into train and eval examples.
 
 Per source, in config order: read and validate its rows, keep the phase's
-`data_split` share (as DeepSpeed-Chat does, per dataset), hold out a seeded
+`data_split` share (as DeepSpeed-Chat does, per dataset; unless `split: false`), hold out a seeded
 `eval_fraction` when no eval sources are given, then apply the source's weight.
 Several sources are concatenated and reordered by DeepSpeed-Chat's blend shuffle
 (`get_shuffle_idx(seed, total)`). Eval sources go through the same split, unweighted.
@@ -39,7 +39,7 @@ def build_datasets(
     for index, source in enumerate(cfg.sources):
         rows = read_source(source, base_dir)
         counts["read"] += len(rows)
-        rows = _phase_rows(rows, cfg)
+        rows = _phase_rows(rows, cfg, source)
         counts["split"] += len(rows)
         rows, out = _hold_out(rows, hold_out, _rng(cfg.seed, index, EVAL_STREAM))
         held += out
@@ -47,7 +47,7 @@ def build_datasets(
         train += weighted(rows, source.weight, _rng(cfg.seed, index, WEIGHT_STREAM))
     train = _blend(train, len(cfg.sources), cfg.seed)
     if cfg.eval_sources:
-        rows = [r for s in cfg.eval_sources for r in _phase_rows(read_source(s, base_dir), cfg)]
+        rows = [r for s in cfg.eval_sources for r in _phase_rows(read_source(s, base_dir), cfg, s)]
         held = _blend(rows, len(cfg.eval_sources), cfg.seed)
     make = dict(max_seq_len=cfg.max_seq_len, loss_on=cfg.loss_on)
     train_examples = make_examples(train, tok, eot, **make)
@@ -56,7 +56,9 @@ def build_datasets(
     return train_examples, make_examples(held, tok, eot, **make)
 
 
-def _phase_rows(rows: list[Row], cfg: DataConfig) -> list[Row]:
+def _phase_rows(rows: list[Row], cfg: DataConfig, source: DataSource) -> list[Row]:
+    if not source.split:
+        return rows
     return [rows[i] for i in phase_indices(len(rows), cfg.data_split, cfg.phase, cfg.seed)]
 
 

@@ -16,11 +16,8 @@ Where this differs from running DeepSpeed-Chat, on purpose:
   `data/eval.json` under `cwd` (DeepSpeed-Chat reads its app directory's); other entries must
   be local files (train only) or directories holding `train.json` and `eval.json`. Hub
   dataset names and hub model names are errors naming the flag.
-- `--sft_only_data_path` sources skip the split in DeepSpeed-Chat (they are split "10,0,0":
-  all of their train and eval data is used). RunConfig applies one `data.data_split` to
-  every source, so they are added to `data.sources`/`data.eval_sources` only when that split
-  already gives phase 1 everything (e.g. `--data_split 10,0,0`); otherwise it is an error
-  rather than a silently different data set.
+- `--sft_only_data_path` sources skip the split in DeepSpeed-Chat (all of their train and
+  eval data is used): they become sources with `split: false`.
 - `--dtype` also accepts `fp32` (DeepSpeed-Chat: fp16 or bf16 only; default fp16).
 - `--deepspeed_config FILE` is applied on top of the flags (DeepSpeed-Chat itself would
   refuse it, having built its own config), via `interop.frontends.deepspeed_json`.
@@ -173,15 +170,6 @@ def _data_entry(flag: str, entry: str, cwd: Path) -> tuple[list[dict], list[dict
     return [{"path": str(train), "format": fmt}], [{"path": str(evaluation), "format": fmt}]
 
 
-def _phase1_takes_all(split: str) -> bool:
-    """Whether a `data_split` like "10,0,0" gives phase 1 every example."""
-    try:
-        parts = [float(part) for part in split.split(",")]
-    except ValueError:
-        return False
-    return len(parts) == 3 and parts[0] > 0 and parts[1] == 0 and parts[2] == 0
-
-
 def _data(b: _Builder, args: argparse.Namespace, cwd: Path) -> None:
     sources: list[dict] = []
     eval_sources: list[dict] = []
@@ -189,17 +177,10 @@ def _data(b: _Builder, args: argparse.Namespace, cwd: Path) -> None:
         train, evaluation = _data_entry("--data_path", entry, cwd)
         sources += train
         eval_sources += evaluation
-    if args.sft_only_data_path:
-        flag = "--sft_only_data_path"
-        if not _phase1_takes_all(args.data_split):
-            raise UserError(
-                f"{flag}: DeepSpeed-Chat does not split these sources, but data.data_split"
-                f" applies to every source; use --data_split 10,0,0 (got {args.data_split})"
-            )
-        for entry in args.sft_only_data_path:
-            train, evaluation = _data_entry(flag, entry, cwd)
-            sources += train
-            eval_sources += evaluation
+    for entry in args.sft_only_data_path:
+        train, evaluation = _data_entry("--sft_only_data_path", entry, cwd)
+        sources += [{**s, "split": False} for s in train]
+        eval_sources += [{**s, "split": False} for s in evaluation]
     origin = f"--data_path {' '.join(args.data_path)}"
     b.set("data.sources", sources, origin)
     b.set("data.eval_sources", eval_sources, origin)
