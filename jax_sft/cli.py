@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# The JAX side uses transformers for tokenizers only; its "PyTorch was not found" advice is noise.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from interop.errors import BackendError, UserError
 from jax_sft.commands import compare, config, convert, dschat_step1, train
