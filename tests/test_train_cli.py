@@ -1,7 +1,10 @@
 """`jax-sft train`, `eval` and `dschat-step1` end to end, and their answers to bad input."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import transformers
 from train_fixtures import DEMO_DATA, run_config
@@ -69,7 +72,7 @@ def test_existing_output_without_checkpoint_is_kept(tiny_base, tmp_path, capsys)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
-def test_dschat_step1_runs_run_1_3b_flags_on_local_jsonfile(tmp_path, monkeypatch, capsys):
+def test_dschat_step1_runs_run_1_3b_flags_on_local_jsonfile(tmp_path):
     from interop.config import RunConfig
     from jax_sft.train.base_model import ensure_base
 
@@ -89,7 +92,6 @@ def test_dschat_step1_runs_run_1_3b_flags_on_local_jsonfile(tmp_path, monkeypatc
     output = work / "output"
     output.mkdir()
     (output / "training.log").write_text("")  # run_1.3b.sh redirects its log here first
-    monkeypatch.chdir(work)
     flags = [
         "--data_path",
         "local/jsonfile",
@@ -108,8 +110,17 @@ def test_dschat_step1_runs_run_1_3b_flags_on_local_jsonfile(tmp_path, monkeypatc
         "--output_dir",
         str(output),
     ]
-    assert cli.main(["dschat-step1", *flags]) == 0
-    out, err = capsys.readouterr()
+    # `deepspeed --num_gpus 1`: one device, so the per-device batch is the global one.
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "jax_sft.cli", "dschat-step1", *flags],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=work,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, err = proc.stdout, proc.stderr
     ppl_lines = [x for x in out.splitlines() if x.startswith("ppl: ")]
     assert len(ppl_lines) == 2 and ", loss: " in ppl_lines[0]
     assert "lora" in err.lower()  # the LoRA flags are reported, not dropped

@@ -22,6 +22,7 @@ def run_config(base: Path, out: Path, **sections) -> RunConfig:
         "optim": {"learning_rate": 1e-3},
         "schedule": {"type": "linear", "warmup_steps": 1},
         "logging": {"progress_bar": False},
+        "parallel": {"data": 1},
     }
     for section, values in sections.items():
         data[section] = {**data.get(section, {}), **values}

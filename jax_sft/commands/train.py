@@ -9,6 +9,7 @@ from pathlib import Path
 from interop.config import RunConfig, load_config
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
 from interop.report import emit
+from jax_sft.sharding.mesh import data_parallel_size, make_mesh
 from jax_sft.train.run import train
 
 
@@ -59,7 +60,10 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     """YAML, then the DeepSpeed JSON (if any) over it, then `--set` over both."""
     layers = []
     if args.deepspeed_config:
-        ds, notes = overrides_from_deepspeed(Path(args.deepspeed_config))
+        mesh = make_mesh(load_config(args.config, args.overrides).parallel)
+        ds, notes = overrides_from_deepspeed(
+            Path(args.deepspeed_config), data_parallel_size=data_parallel_size(mesh)
+        )
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         layers.append((args.deepspeed_config, ds))

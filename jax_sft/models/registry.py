@@ -87,6 +87,17 @@ def flat_state(model: nnx.Module) -> dict[str, jax.Array]:
     return {path_str(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
+def param_axes(model: nnx.Module) -> dict:
+    """The logical axis names of every parameter, nested like `nnx.to_pure_dict`."""
+    tree: dict = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = tuple(var.get_metadata()["axes"])
+    return tree
+
+
 def expected_shapes(hf_config: Mapping, param_dtype: str = "float32") -> dict[str, tuple]:
     """Parameter shapes of the model a config describes, computed without allocating."""
     abstract = nnx.eval_shape(lambda: build_model(hf_config, param_dtype=param_dtype))

@@ -39,7 +39,10 @@ class Checkpoints:
         )
 
     def restore(self, step: int, like: TrainState) -> tuple[TrainState, dict]:
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
+        """The state saved at `step`, laid out like `like` (whatever mesh it was saved on)."""
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
+        )
         out = self.manager.restore(
             step,
             args=ocp.args.Composite(

@@ -27,6 +27,8 @@ from interop.schedules import learning_rate
 from jax_sft.checkpoints.loading import read_checkpoint, write_checkpoint
 from jax_sft.models import registry
 from jax_sft.models.vocab import max_positions, resize_vocab
+from jax_sft.sharding.mesh import check_heads, data_parallel_size, make_mesh
+from jax_sft.sharding.placement import build_placement
 from jax_sft.train.checkpointing import Checkpoints
 from jax_sft.train.metrics import MetricsLog
 from jax_sft.train.optimizer import make_optimizer
@@ -63,13 +65,16 @@ class Engine:
             raise UserError(
                 f"data.max_seq_len: {cfg.data.max_seq_len} is beyond the model's {limit} positions"
             )
+        self.mesh = make_mesh(cfg.parallel)
+        check_heads(self.hf_config, self.mesh)
+        dp = data_parallel_size(self.mesh)
         train, evals = build_datasets(cfg.data, self.tokenizer, eot, base_dir=base_dir)
         t = cfg.train
         self.accum = t.gradient_accumulation_steps
         pad = self.tokenizer.pad_token_id
         self.batches = Batches(
             train,
-            batch_size=t.micro_batch_size * self.accum,
+            batch_size=t.micro_batch_size * self.accum * dp,
             seq_len=cfg.data.max_seq_len,
             pad_id=pad,
             packing=cfg.data.packing,
@@ -78,7 +83,7 @@ class Engine:
         self.eval_batches = (
             Batches(
                 evals,
-                batch_size=t.eval_batch_size or t.micro_batch_size,
+                batch_size=(t.eval_batch_size or t.micro_batch_size) * dp,
                 seq_len=cfg.data.max_seq_len,
                 pad_id=pad,
                 packing=cfg.data.packing,
@@ -98,12 +103,23 @@ class Engine:
             remat=cfg.model.remat,
         )
         del flat
+        axes = registry.param_axes(model)
         self.graphdef, params = nnx.split(model)
         params = nnx.to_pure_dict(params)
         self.optimizer = make_optimizer(cfg.optim, params, registry.name_table(self.hf_config))
-        self.state = init_state(params, self.optimizer, t.seed)
-        self._train_step = make_train_step(self.graphdef, self.optimizer)
-        self._eval_step = make_eval_step(self.graphdef)
+        self.placement = build_placement(
+            self.mesh,
+            cfg.parallel.zero_stage,
+            params,
+            axes,
+            jax.eval_shape(self.optimizer.init, params),
+        )
+        self.state = jax.jit(
+            lambda p: init_state(p, self.optimizer, t.seed), out_shardings=self.placement.state
+        )(params)
+        del params, model
+        self._train_step = make_train_step(self.graphdef, self.optimizer, self.placement)
+        self._eval_step = make_eval_step(self.graphdef, self.placement)
         self._checkpoints: Checkpoints | None = None
         self.log: MetricsLog | None = None
         self.step = 0
@@ -120,9 +136,8 @@ class Engine:
     def global_batch(self, step: int) -> dict[str, jax.Array]:
         """The batch of optimizer step `step`, shaped [accumulation, micro, seq]."""
         batch = self.batches.batch(step)
-        return {
-            k: jnp.asarray(batch[k].reshape(self.accum, -1, batch[k].shape[-1])) for k in BATCH_KEYS
-        }
+        shaped = {k: batch[k].reshape(self.accum, -1, batch[k].shape[-1]) for k in BATCH_KEYS}
+        return jax.device_put(shaped, self.placement.batch)
 
     def train_batch(self, batch: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
         """One optimizer step (on the run's own next batch unless one is given)."""

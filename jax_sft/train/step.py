@@ -11,6 +11,7 @@ batch of 8. Clipping, Adam and weight decay then act on that averaged gradient.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,18 @@ from flax import nnx
 from jax_sft.train.loss import loss_sum_and_count, scored_tokens
 
 TrainState = dict  # {"params", "opt_state", "step", "rng"}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Shardings of a run's arrays: the state tree, the gradient tree, a global batch."""
+
+    state: dict
+    grads: dict
+    batch: object
+    replicated: object
+
+
 BATCH_KEYS = ("input_ids", "attention_mask", "positions", "segment_ids", "labels")
 
 
@@ -39,9 +52,15 @@ def init_state(params: dict, optimizer: optax.GradientTransformation, seed: int)
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    placement: Placement | None = None,
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
-    """jit(step)(state, batch [accum, micro, seq], lr) -> (new state, metrics)."""
+    """jit(step)(state, batch [accum, micro, seq], lr) -> (new state, metrics).
+
+    With a placement, the state keeps its shardings across the step and the summed
+    gradients are laid out as the ZeRO stage asks (sharded from stage 2 on).
+    """
 
     def step(state: TrainState, batch: dict, lr: jax.Array) -> tuple[TrainState, dict]:
         params = state["params"]
@@ -56,6 +75,8 @@ def make_train_step(
         tokens = scored_tokens(batch["labels"])
         denom = jnp.maximum(tokens, 1).astype(jnp.float32)
         grads = jax.tree.map(lambda g: g / denom, grads)
+        if placement is not None:
+            grads = jax.lax.with_sharding_constraint(grads, placement.grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
         new_state = {
@@ -71,9 +92,21 @@ def make_train_step(
         }
         return new_state, metrics
 
-    return jax.jit(step, donate_argnums=0)
+    if placement is None:
+        return jax.jit(step, donate_argnums=0)
+    return jax.jit(
+        step,
+        in_shardings=(placement.state, placement.batch, placement.replicated),
+        out_shardings=(placement.state, placement.replicated),
+        donate_argnums=0,
+    )
 
 
-def make_eval_step(graphdef: nnx.GraphDef) -> Callable[[dict, dict], tuple[jax.Array, jax.Array]]:
+def make_eval_step(
+    graphdef: nnx.GraphDef, placement: Placement | None = None
+) -> Callable[[dict, dict], tuple[jax.Array, jax.Array]]:
     """jit(eval)(params, batch [micro, seq]) -> (sum of token losses, scored tokens)."""
-    return jax.jit(lambda params, batch: _forward_loss(graphdef, params, batch))
+    fn = lambda params, batch: _forward_loss(graphdef, params, batch)  # noqa: E731
+    if placement is None:
+        return jax.jit(fn)
+    return jax.jit(fn, in_shardings=(placement.state["params"], None))

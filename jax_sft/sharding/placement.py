@@ -1,0 +1,104 @@
+"""Where every array of the train state lives: ZeRO stages as placements on the mesh.
+
+DeepSpeed's stages say which state is partitioned over the data-parallel ranks:
+0 nothing, 1 optimizer state, 2 optimizer state and gradients, 3 parameters too. Here
+the data-parallel ranks are the `data` x `fsdp` axes, and "partitioned" means one
+dimension of the array is sharded over them; XLA then turns the gradient all-reduce into
+a reduce-scatter and gathers parameters where they are used. Independently, the `tensor`
+axis splits the dimensions whose logical names are heads, kv_heads, mlp or vocab.
+A dimension is sharded only when the axis size divides it; otherwise it stays whole.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import jax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jax_sft.sharding.mesh import DATA_AXES
+
+TENSOR_RULES = {"heads": "tensor", "kv_heads": "tensor", "mlp": "tensor", "vocab": "tensor"}
+
+
+def spec_for(shape: tuple[int, ...], axes: tuple, mesh: Mesh, data_axes: tuple[str, ...]) -> P:
+    """A PartitionSpec: tensor-parallel by logical name, then one dim over `data_axes`."""
+    spec: list = [None] * len(shape)
+    for i, name in enumerate(axes):
+        axis = TENSOR_RULES.get(name)
+        if axis and mesh.shape[axis] > 1 and shape[i] % mesh.shape[axis] == 0:
+            spec[i] = axis
+    data_axes = tuple(a for a in data_axes if mesh.shape[a] > 1)
+    size = math.prod(mesh.shape[a] for a in data_axes)
+    if size > 1:
+        free = [i for i in range(len(shape)) if spec[i] is None and shape[i] % size == 0]
+        if free:
+            embed = [i for i in free if axes[i] == "embed"]
+            dim = embed[0] if embed else max(free, key=lambda i: shape[i])
+            spec[dim] = data_axes if len(data_axes) > 1 else data_axes[0]
+    return P(*spec)
+
+
+def zero_axes(zero_stage: int) -> dict[str, tuple[str, ...]]:
+    """Which data-parallel axes shard params, grads and optimizer state at a ZeRO stage."""
+    return {
+        "params": DATA_AXES if zero_stage >= 3 else ("fsdp",),
+        "grads": DATA_AXES if zero_stage >= 2 else ("fsdp",),
+        "opt": DATA_AXES if zero_stage >= 1 else ("fsdp",),
+    }
+
+
+def param_specs(params: Mapping, axes: Mapping, mesh: Mesh, data_axes: tuple[str, ...]) -> Mapping:
+    """PartitionSpecs for a parameter tree, given the tree of logical axis names."""
+    return jax.tree.map(
+        lambda a, p: spec_for(tuple(p.shape), a, mesh, data_axes),
+        axes,
+        params,
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+
+
+def like_params(tree, params_specs: Mapping, params: Mapping):
+    """Specs for a tree (e.g. optimizer state) whose sub-trees mirror the parameters:
+    a leaf whose path ends with a parameter's path and has its shape gets its spec."""
+    by_path = {}
+    for path, spec in jax.tree_util.tree_flatten_with_path(params_specs, is_leaf=_is_spec)[0]:
+        by_path[tuple(path)] = spec
+    shapes = {tuple(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+    def pick(path, leaf):
+        for n in range(len(path)):
+            suffix = tuple(path[n:])
+            if suffix in by_path and shapes[suffix] == tuple(leaf.shape):
+                return by_path[suffix]
+        return P()
+
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def _is_spec(x: object) -> bool:
+    return isinstance(x, P)
+
+
+def named(mesh: Mesh, specs):
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec)
+
+
+def build_placement(mesh: Mesh, zero_stage: int, params: Mapping, axes: Mapping, opt_state):
+    """The Placement of a run's train state, gradients and batches on `mesh`."""
+    from jax_sft.train.step import Placement
+
+    zero = zero_axes(zero_stage)
+    replicated = NamedSharding(mesh, P())
+    opt_specs = like_params(opt_state, param_specs(params, axes, mesh, zero["opt"]), params)
+    state = {
+        "params": named(mesh, param_specs(params, axes, mesh, zero["params"])),
+        "opt_state": named(mesh, opt_specs),
+        "step": replicated,
+        "rng": replicated,
+    }
+    grads = named(mesh, param_specs(params, axes, mesh, zero["grads"]))
+    batch = NamedSharding(mesh, P(None, DATA_AXES, None))
+    return Placement(state=state, grads=grads, batch=batch, replicated=replicated)
