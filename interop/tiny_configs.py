@@ -1,7 +1,8 @@
-"""Named tiny model configs (HF `config.json` contents) for demos, tests and `model.tiny`.
+"""Named model configs (HF `config.json` contents) for demos, tests and `model.tiny`.
 
-They are small enough to train on two CPU cores in seconds and large enough to have
-every structural feature of their family (GQA, tied heads, OPT's projections).
+The tiny ones train on two CPU cores in seconds and still have every structural feature
+of their family (GQA, tied heads, OPT's projections); `llama-1b` (~1.1B parameters
+without the embeddings) is what `scripts/gpu_check.sh` times on an accelerator.
 """
 
 from __future__ import annotations
@@ -26,6 +27,22 @@ TINY_CONFIGS: dict[str, dict] = {
         "max_position_embeddings": 512,
         "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "hidden_act": "silu",
+    },
+    "llama-1b": {
+        **_COMMON,
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": 8192,
+        "hidden_size": 2048,
+        "intermediate_size": 8704,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
         "tie_word_embeddings": False,
         "hidden_act": "silu",
     },

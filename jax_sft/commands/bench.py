@@ -1,37 +1,47 @@
-"""`jax-sft bench CONFIG.yaml --memory`: XLA's exact per-device memory for a run's train step.
+"""`jax-sft bench CONFIG.yaml [--memory] [--steps N]`: throughput, MFU and XLA memory.
 
-The train step is compiled for the config's mesh and ZeRO stage (nothing is executed),
-and `compiled.memory_analysis()` gives per-device bytes for arguments (parameters,
-optimizer state, batch), outputs, temporaries and generated code. On the CPU these
-figures are exact and independent of machine load, so placements compare exactly.
+Throughput times `--steps` train steps after one warm-up (compile) step, synchronising
+only at the end; tokens/s counts scored tokens and MFU divides the achieved training
+FLOPs (`jax_sft.models.flops`, the one formula) by the device's peak for the compute
+dtype, where the peak is known. `--memory` compiles the train step for the config's mesh
+and ZeRO stage without running it and reports `compiled.memory_analysis()` per device:
+exact on the CPU and independent of machine load, so placements compare exactly.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 from interop.config import load_config
-from interop.errors import UserError
 from interop.report import emit
+from jax_sft.models.flops import train_flops_per_token
 from jax_sft.train.run import initialize
 
-FIELDS = (
+MEMORY_FIELDS = (
     "argument_size_in_bytes",
     "output_size_in_bytes",
     "temp_size_in_bytes",
     "alias_size_in_bytes",
     "generated_code_size_in_bytes",
 )
+# Dense peak FLOP/s per device by (device kind prefix, dtype); MFU is reported where known.
+PEAK_FLOPS = {
+    ("NVIDIA H200", "bfloat16"): 989e12,
+    ("NVIDIA H100", "bfloat16"): 989e12,
+    ("NVIDIA A100", "bfloat16"): 312e12,
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="per-device memory of the compiled train step")
+    p = sub.add_parser("bench", help="throughput, MFU and per-device XLA memory of a run")
     p.add_argument("config", nargs="?", help="YAML run config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE")
-    p.add_argument("--memory", action="store_true", help="report XLA's memory_analysis()")
+    p.add_argument("--memory", action="store_true", help="only report XLA's memory_analysis()")
+    p.add_argument("--steps", type=int, default=10, help="timed train steps (after a warm-up)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.set_defaults(run=run)
 
@@ -43,20 +53,55 @@ def train_step_memory(engine) -> dict[str, int]:
         k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=engine.placement.batch)
         for k, v in batch.items()
     }
-    compiled = engine._train_step.lower(engine.state, batch, jnp.float32(0.0)).compile()
+    compiled = engine._train_step.lower(engine.state, batch, np.float32(0.0)).compile()
     analysis = compiled.memory_analysis()
-    return {field: int(getattr(analysis, field)) for field in FIELDS}
+    return {field: int(getattr(analysis, field)) for field in MEMORY_FIELDS}
+
+
+def peak_flops(dtype: str) -> float | None:
+    kind = jax.devices()[0].device_kind
+    return next((v for (k, d), v in PEAK_FLOPS.items() if kind.startswith(k) and d == dtype), None)
+
+
+def throughput(engine, steps: int) -> dict:
+    """Tokens/s and MFU over `steps` timed steps (one warm-up step first)."""
+    jax.block_until_ready(engine.train_batch())
+    batches = [engine.global_batch(engine.step + i) for i in range(steps)]
+    started = time.perf_counter()
+    metrics = [engine.train_batch(b) for b in batches]
+    jax.block_until_ready(metrics)
+    elapsed = time.perf_counter() - started
+    tokens = sum(int(m["tokens"]) for m in metrics)
+    positions = sum(int(b["attention_mask"].size) for b in batches)
+    seq = engine.cfg.data.max_seq_len
+    flops = train_flops_per_token(engine.hf_config, seq) * positions / elapsed
+    peak = peak_flops(engine.cfg.model.dtype)
+    n = len(engine.mesh.devices.flat)
+    return {
+        "steps": steps,
+        "seconds": elapsed,
+        "tokens_per_s": tokens / elapsed,
+        "model_flops_per_s": flops,
+        "mfu": flops / (peak * n) if peak else None,
+        "device_kind": jax.devices()[0].device_kind,
+        "devices": n,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.memory:
-        raise UserError("bench: only --memory is implemented so far")
     cfg = load_config(args.config, args.overrides)
     engine = initialize(cfg)
-    memory = train_step_memory(engine)
-    mesh = dict(engine.mesh.shape)
-    summary = {"mesh": mesh, "zero_stage": cfg.parallel.zero_stage, **memory}
-    lines = [f"mesh {mesh}, ZeRO-{cfg.parallel.zero_stage}; per device:"]
-    lines += [f"  {k}: {v:,}" for k, v in memory.items()]
+    summary = {"mesh": dict(engine.mesh.shape), "zero_stage": cfg.parallel.zero_stage}
+    summary.update(train_step_memory(engine))
+    lines = [f"mesh {summary['mesh']}, ZeRO-{cfg.parallel.zero_stage}; per device:"]
+    lines += [f"  {k}: {summary[k]:,}" for k in MEMORY_FIELDS]
+    if not args.memory:
+        result = throughput(engine, args.steps)
+        summary.update(result)
+        mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a (unknown peak)"
+        lines.append(
+            f"{result['tokens_per_s']:,.0f} tokens/s over {args.steps} steps on "
+            f"{result['devices']} x {result['device_kind']}; MFU {mfu}"
+        )
     emit(lines, summary, args.json)
     return 0

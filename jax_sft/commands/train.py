@@ -9,6 +9,7 @@ from pathlib import Path
 from interop.config import RunConfig, load_config
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
 from interop.report import emit
+from jax_sft.sharding import distributed
 from jax_sft.sharding.mesh import data_parallel_size, make_mesh
 from jax_sft.train.run import train
 
@@ -41,6 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="replace an output directory that holds no checkpoint",
     )
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.add_argument(
+        "--coordinator",
+        help="host:port of process 0, for several processes "
+        "(else JAX_COORDINATOR_ADDRESS or torchrun's MASTER_ADDR/MASTER_PORT)",
+    )
+    p.add_argument("--num-processes", type=int, help="processes in the run (else from the env)")
+    p.add_argument("--process-id", type=int, help="this process's index (else from the env)")
     p.set_defaults(run=run)
 
 
@@ -71,6 +79,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     cfg = run_config(args)
     if cfg.model.tiny:
         steps = cfg.model.pretrain.steps
@@ -86,5 +95,6 @@ def run(args: argparse.Namespace) -> int:
     lines = [f"trained {summary['steps']} steps; final model: {summary['output_dir']}/hf"]
     if last:
         lines.append(f"eval loss {last['eval_loss']:.4f}, ppl {last['eval_ppl']:.3f}")
-    emit(lines, summary, args.json)
+    if distributed.is_main():
+        emit(lines, summary, args.json)
     return 0

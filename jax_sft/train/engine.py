@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -27,6 +26,7 @@ from interop.schedules import learning_rate
 from jax_sft.checkpoints.loading import read_checkpoint, write_checkpoint
 from jax_sft.models import registry
 from jax_sft.models.vocab import max_positions, resize_vocab
+from jax_sft.sharding.distributed import barrier, is_main, to_host
 from jax_sft.sharding.mesh import check_heads, data_parallel_size, make_mesh
 from jax_sft.sharding.placement import build_placement
 from jax_sft.train.checkpointing import Checkpoints
@@ -114,9 +114,10 @@ class Engine:
             axes,
             jax.eval_shape(self.optimizer.init, params),
         )
+        host_params = jax.tree.map(np.asarray, params)  # replicated input, also multi-process
         self.state = jax.jit(
             lambda p: init_state(p, self.optimizer, t.seed), out_shardings=self.placement.state
-        )(params)
+        )(host_params)
         del params, model
         self._train_step = make_train_step(self.graphdef, self.optimizer, self.placement)
         self._eval_step = make_eval_step(self.graphdef, self.placement)
@@ -137,13 +138,17 @@ class Engine:
         """The batch of optimizer step `step`, shaped [accumulation, micro, seq]."""
         batch = self.batches.batch(step)
         shaped = {k: batch[k].reshape(self.accum, -1, batch[k].shape[-1]) for k in BATCH_KEYS}
-        return jax.device_put(shaped, self.placement.batch)
+        # Each process places only the shards its own devices hold.
+        return {
+            k: jax.make_array_from_callback(v.shape, self.placement.batch, lambda i, v=v: v[i])
+            for k, v in shaped.items()
+        }
 
     def train_batch(self, batch: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
         """One optimizer step (on the run's own next batch unless one is given)."""
         batch = self.global_batch(self.step) if batch is None else batch
         lr = self.lr(self.step)
-        self.state, metrics = self._train_step(self.state, batch, jnp.float32(lr))
+        self.state, metrics = self._train_step(self.state, batch, np.float32(lr))
         self.step += 1
         return {**metrics, "lr": lr}
 
@@ -157,9 +162,7 @@ class Engine:
             return {}
         sums, counts = [], []
         for i in range(self.eval_batches.steps_per_epoch):
-            batch = {
-                k: jnp.asarray(v) for k, v in self.eval_batches.batch(i).items() if k in BATCH_KEYS
-            }
+            batch = {k: v for k, v in self.eval_batches.batch(i).items() if k in BATCH_KEYS}
             s, n = self._eval_step(self.state["params"], batch)
             sums.append(s)
             counts.append(n)
@@ -197,7 +200,8 @@ class Engine:
         result = self.evaluate()
         if result:
             self.log.write({"step": self.step, **result})
-            printer(result)
+            if is_main():
+                printer(result)
         return result
 
     def fit(self, printer=None) -> dict:
@@ -208,7 +212,10 @@ class Engine:
         if self.cfg.logging.tensorboard:
             tb = Path(self.cfg.logging.tensorboard_dir or self.out / "tensorboard")
         self.log = MetricsLog(
-            self.out / "metrics.jsonl", tensorboard_dir=tb, progress=self.cfg.logging.progress_bar
+            self.out / "metrics.jsonl",
+            tensorboard_dir=tb,
+            progress=self.cfg.logging.progress_bar,
+            enabled=is_main(),
         )
         resumed = self.load_checkpoint()
         self.log.truncate_after(resumed or 0)
@@ -289,11 +296,15 @@ class Engine:
             self._last_logged = entry
 
     def export_hf(self, dst: Path, *, overwrite: bool = True) -> None:
-        """The trained model as a Hugging Face directory (weights in the param dtype)."""
+        """The trained model as a Hugging Face directory (weights in the param dtype);
+        every process takes part in gathering, process 0 writes."""
+        model = nnx.merge(self.graphdef, self.state["params"])
         flat = {
-            registry.path_str(p): np.asarray(v)
-            for p, v in nnx.to_flat_state(nnx.state(nnx.merge(self.graphdef, self.state["params"])))
+            registry.path_str(p): to_host(v.get_value())
+            for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
         }
-        with output_dir(dst, overwrite=overwrite) as tmp:
-            write_checkpoint(tmp, "hf", self.hf_config, flat)
-            self.tokenizer.save_pretrained(tmp)
+        if is_main():
+            with output_dir(dst, overwrite=overwrite) as tmp:
+                write_checkpoint(tmp, "hf", self.hf_config, flat)
+                self.tokenizer.save_pretrained(tmp)
+        barrier("export_hf")

@@ -14,18 +14,22 @@ from pathlib import Path
 
 
 class MetricsLog:
-    def __init__(self, path: Path, *, tensorboard_dir: Path | None, progress: bool):
+    def __init__(
+        self, path: Path, *, tensorboard_dir: Path | None, progress: bool, enabled: bool = True
+    ):
+        """`enabled=False` (processes other than 0) makes every call a no-op."""
         self.path = path
-        self.progress = progress and sys.stderr.isatty()
+        self.enabled = enabled
+        self.progress = enabled and progress and sys.stderr.isatty()
         self.writer = None
-        if tensorboard_dir is not None:
+        if tensorboard_dir is not None and enabled:
             from tensorboardX import SummaryWriter
 
             self.writer = SummaryWriter(str(tensorboard_dir))
 
     def truncate_after(self, step: int) -> None:
         """Drop entries of steps > `step` (left by a run that died after its last checkpoint)."""
-        if not self.path.exists():
+        if not self.enabled or not self.path.exists():
             return
         kept = [
             line
@@ -35,6 +39,8 @@ class MetricsLog:
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, entry: dict) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
         if self.writer is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from interop.config import RunConfig, load_config
 from interop.errors import UserError
+from jax_sft.sharding.distributed import barrier, is_main
 from jax_sft.train.base_model import ensure_base
 from jax_sft.train.engine import Engine
 
@@ -51,7 +52,13 @@ def initialize(config: RunConfig | str | Path, model: str | Path | None = None) 
         config = config.model_copy(
             update={"model": config.model.model_copy(update={"path": str(model), "tiny": None})}
         )
-    model_dir = Path(config.model.path) if config.model.path else ensure_base(config)
+    if config.model.path:
+        model_dir = Path(config.model.path)
+    else:
+        if is_main():
+            ensure_base(config)
+        barrier("ensure_base")
+        model_dir = ensure_base(config)  # cached by now: every process finds the same base
     return Engine(config, model_dir)
 
 
@@ -65,9 +72,11 @@ def train(
 ) -> dict:
     """Run to the end, export `OUTPUT_DIR/hf`; returns the summary."""
     out = Path(config.train.output_dir)
-    prepare_output(out, overwrite=overwrite, resume=resume, allow_existing=allow_existing)
+    if is_main():
+        prepare_output(out, overwrite=overwrite, resume=resume, allow_existing=allow_existing)
+    barrier("prepare_output")
     engine = initialize(config)
-    for note in engine.notes:
+    for note in engine.notes if is_main() else ():
         print(f"note: {note}", file=sys.stderr)
     summary = engine.fit(on_eval)
     engine.export_hf(out / "hf")
