@@ -18,6 +18,7 @@ import numpy as np
 
 from interop.config import load_config
 from interop.report import emit
+from jax_sft.commands.arguments import add_json, add_overrides
 from jax_sft.models.flops import train_flops_per_token
 from jax_sft.train.run import initialize
 
@@ -39,10 +40,10 @@ PEAK_FLOPS = {
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="throughput, MFU and per-device XLA memory of a run")
     p.add_argument("config", nargs="?", help="YAML run config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE")
+    add_overrides(p)
     p.add_argument("--memory", action="store_true", help="only report XLA's memory_analysis()")
     p.add_argument("--steps", type=int, default=10, help="timed train steps (after a warm-up)")
-    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    add_json(p)
     p.set_defaults(run=run)
 
 

@@ -24,6 +24,7 @@ from interop.errors import BackendError, UserError
 from interop.probe import max_abs_diff, max_abs_logit_diff, probe_batch
 from interop.report import emit
 from jax_sft.checkpoints.loading import read_checkpoint
+from jax_sft.commands.arguments import add_json
 from jax_sft.models import registry
 
 ENGINES = ("auto", "jax", "torch")
@@ -43,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--atol", type=float, default=None, help="exit 1 when max_abs_logit_diff exceeds this"
     )
-    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    add_json(p)
     p.set_defaults(run=run)
 
 

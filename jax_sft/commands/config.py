@@ -10,20 +10,14 @@ import argparse
 import json
 
 from interop.config import dump_config, load_config
+from jax_sft.commands.arguments import add_json, add_overrides
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="validate a run config and print it with defaults filled in")
     p.add_argument("config", nargs="?", help="YAML run config (omit for all defaults)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="A.B=VALUE",
-        help="override one field (repeatable)",
-    )
-    p.add_argument("--json", action="store_true", help="print the config as one JSON line")
+    add_overrides(p)
+    add_json(p)
     p.set_defaults(run=run)
 
 

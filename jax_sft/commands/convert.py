@@ -8,6 +8,7 @@ from pathlib import Path
 from interop.outputs import output_dir
 from interop.report import emit
 from jax_sft.checkpoints.loading import FORMATS, read_checkpoint, write_checkpoint
+from jax_sft.commands.arguments import add_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", required=True, choices=FORMATS, help="destination format")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.add_argument("--max-shard-size", default="5GB", help="HF shard size (e.g. 5GB, 500MB)")
-    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    add_json(p)
     p.set_defaults(run=run)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from interop.config import load_config
 from interop.errors import UserError
 from interop.report import emit
+from jax_sft.commands.arguments import add_json, add_overrides
 from jax_sft.train.run import initialize
 
 
@@ -19,8 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="HF or Orbax model directory, or a run's output directory",
     )
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE")
-    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    add_overrides(p)
+    add_json(p)
     p.set_defaults(run=run)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from interop.config import RunConfig, load_config
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
 from interop.report import emit
+from jax_sft.commands.arguments import add_json, add_overrides
 from jax_sft.sharding import distributed
 from jax_sft.sharding.mesh import data_parallel_size, make_mesh
 from jax_sft.train.run import train
@@ -17,14 +18,7 @@ from jax_sft.train.run import train
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="supervised fine-tuning on the JAX backend")
     p.add_argument("config", nargs="?", help="YAML run config (omit for all defaults)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="A.B=VALUE",
-        help="override one config field (repeatable)",
-    )
+    add_overrides(p)
     p.add_argument(
         "--deepspeed_config",
         help="take batch sizes, optimizer, schedule, clipping, "
@@ -41,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace an output directory that holds no checkpoint",
     )
-    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    add_json(p)
     p.add_argument(
         "--coordinator",
         help="host:port of process 0, for several processes "

@@ -42,6 +42,21 @@ def causal_mask(attention_mask: jax.Array, segment_ids: jax.Array | None) -> jax
     return allowed[:, None, :, :]
 
 
+def positions_and_mask(
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None,
+    positions: jax.Array | None,
+    segment_ids: jax.Array | None,
+) -> tuple[jax.Array, jax.Array]:
+    """What every family's forward starts with: (positions, allowed) from its optional
+    inputs; no mask means every token is real."""
+    if attention_mask is None:
+        attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+    if positions is None:
+        positions = default_positions(attention_mask, segment_ids)
+    return positions, causal_mask(attention_mask, segment_ids)
+
+
 def dot_product_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, scale: float
 ) -> jax.Array:

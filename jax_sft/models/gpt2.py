@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from interop.errors import UserError
-from jax_sft.models.attention import causal_mask, default_positions, dot_product_attention
+from jax_sft.models.attention import dot_product_attention, positions_and_mask
 from jax_sft.models.hf_names import NameTable, Rule, merge_tail
 from jax_sft.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, call_layer, normal_init
 
@@ -201,11 +201,7 @@ class GPT2(nnx.Module):
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
     ) -> jax.Array:
-        if attention_mask is None:
-            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        if positions is None:
-            positions = default_positions(attention_mask, segment_ids)
-        allowed = causal_mask(attention_mask, segment_ids)
+        positions, allowed = positions_and_mask(input_ids, attention_mask, positions, segment_ids)
         x = self.wte(input_ids) + self.wpe(positions)
         for block in self.h:
             x = call_layer(block, self.remat, x, allowed)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from interop.errors import UserError
-from jax_sft.models.attention import causal_mask, default_positions, dot_product_attention
+from jax_sft.models.attention import dot_product_attention, positions_and_mask
 from jax_sft.models.hf_names import TRANSPOSE, NameTable, Rule
 from jax_sft.models.layers import ACTIVATIONS, Embed, Linear, RMSNorm, call_layer
 from jax_sft.models.rope import apply_rope, inverse_frequencies, rope_parameters
@@ -204,11 +204,7 @@ class Llama(nnx.Module):
                 f"sequence length {seq} exceeds the model's sliding_window "
                 f"{self.cfg.sliding_window}; sliding-window attention is not supported"
             )
-        if attention_mask is None:
-            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        if positions is None:
-            positions = default_positions(attention_mask, segment_ids)
-        allowed = causal_mask(attention_mask, segment_ids)
+        positions, allowed = positions_and_mask(input_ids, attention_mask, positions, segment_ids)
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
             x = call_layer(layer, self.remat, x, positions, allowed)
