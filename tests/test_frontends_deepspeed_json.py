@@ -9,9 +9,9 @@ import torch
 import yaml
 from deepspeed.runtime.lr_schedules import WarmupCosineLR, WarmupDecayLR
 
-from interop.config import RunConfig, load_config
+from interop.config import RunConfig, deep_merge, load_config
 from interop.errors import UserError
-from interop.frontends.deepspeed_json import merge, overrides_from_deepspeed
+from interop.frontends.deepspeed_json import overrides_from_deepspeed
 from interop.schedules import learning_rates
 
 
@@ -24,7 +24,7 @@ def _write(tmp_path: Path, data: dict | str, name: str = "ds.json") -> Path:
 def _validated(tmp_path: Path, overrides: dict, base: dict | None = None) -> RunConfig:
     """Overrides merged over a YAML base, written out and read back by `load_config`."""
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(merge(base or {}, overrides)))
+    path.write_text(yaml.safe_dump(deep_merge(base or {}, overrides)))
     return load_config(path)
 
 
@@ -336,7 +336,7 @@ def test_precision_sections(tmp_path: Path) -> None:
 
 def test_merge_is_deep_and_does_not_mutate() -> None:
     base = {"train": {"seed": 1, "epochs": 2}, "model": {"tiny": "tiny-llama"}}
-    merged = merge(base, {"train": {"epochs": 3}, "optim": {"betas": [0.9, 0.99]}})
+    merged = deep_merge(base, {"train": {"epochs": 3}, "optim": {"betas": [0.9, 0.99]}})
     assert merged == {
         "train": {"seed": 1, "epochs": 3},
         "model": {"tiny": "tiny-llama"},

@@ -36,7 +36,6 @@ Rules, chosen so that the JSON means what it means to DeepSpeed:
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -142,17 +141,6 @@ _HANDLED = {
     "tensorboard",
     *_PRECISION_KEYS,
 }
-
-
-def merge(base: dict, overrides: dict) -> dict:
-    """A deep copy of `base` with `overrides` merged in; nested dicts merge, others replace."""
-    result = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merge(result[key], value)
-        else:
-            result[key] = copy.deepcopy(value)
-    return result
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict:

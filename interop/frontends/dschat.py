@@ -38,9 +38,9 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from interop.config import RunConfig
+from interop.config import RunConfig, deep_merge
 from interop.errors import UserError
-from interop.frontends.deepspeed_json import merge, overrides_from_deepspeed
+from interop.frontends.deepspeed_json import overrides_from_deepspeed
 
 PROG = "jax-sft dschat-step1"
 SUPPORTED_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -301,7 +301,7 @@ def run_config_from_dschat(
     if config_file is not None:
         path = _local(cwd, config_file)
         overrides, ds_notes = overrides_from_deepspeed(path, data_parallel_size=data_parallel_size)
-        config = merge(config, overrides)
+        config = deep_merge(config, overrides)
         for section, fields in overrides.items():
             for field in fields:
                 b.origins[f"{section}.{field}"] = str(path)
