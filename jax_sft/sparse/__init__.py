@@ -1,0 +1,14 @@
+"""Sparse fine-tuning: train a chosen set of weight entries, keep state for those alone.
+
+For each selected weight W (a flat view of n entries) we hold a sorted int32 index set I
+of k entries and fp32 values v of the same length, starting at 0. The effective weight is
+W + scatter_add(I, v): W itself never changes, so every entry outside I stays bit-identical
+to the base, and merging is one exact scatter. Because the gradient of the effective
+weight with respect to v is the dense gradient gathered at I, training v is training
+those k entries; but the optimizer sees only v, so Adam keeps 2k moments instead of 2n.
+(0/1 gradient masks on dense tensors save no optimizer memory.) Dynamic selection changes
+the values of I, never its length, so the compiled train step never changes shape.
+
+Built so far: the delta arithmetic (`deltas`) and the static choice of entries (`select`).
+Not yet: the trainer's use of them, adapter files, LoRA and the dynamic methods.
+"""

@@ -1,0 +1,89 @@
+"""Choosing which entries train: target weights by name, a budget, and a method.
+
+Targets are the parameters whose dotted path matches one of `sparse.target`'s regexes.
+The budget is `density` (a fraction of the targeted entries), `num_tunable` (a count), or
+`match_lora_rank` (the count a LoRA of that rank would train on the same weights);
+`allocation: proportional` gives each tensor its share by size, `global` lets the method
+rank entries across tensors. Indices come back sorted, int32, one array per tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+import numpy as np
+
+from interop.config import SparseConfig
+from interop.errors import UserError
+
+
+def targets(shapes: Mapping[str, tuple[int, ...]], patterns: list[str]) -> list[str]:
+    """The parameter paths selected by `sparse.target`; an error lists the names if none."""
+    chosen = [p for p in shapes if any(re.fullmatch(pat, p) for pat in patterns)]
+    if not chosen:
+        raise UserError(
+            f"sparse.target: {patterns} matches no parameter (parameters: {', '.join(shapes)})"
+        )
+    return chosen
+
+
+def budget(shapes: Mapping[str, tuple[int, ...]], chosen: list[str], cfg: SparseConfig) -> int:
+    """How many entries train in total."""
+    total = sum(math.prod(shapes[p]) for p in chosen)
+    if cfg.num_tunable is not None:
+        count = cfg.num_tunable
+    elif cfg.match_lora_rank is not None:
+        count = sum(
+            cfg.match_lora_rank * sum(shapes[p][-2:]) for p in chosen if len(shapes[p]) >= 2
+        )
+    else:
+        count = round((cfg.density if cfg.density is not None else 0.01) * total)
+    if not 0 < count <= total:
+        raise UserError(f"sparse: a budget of {count} entries does not fit the {total} targeted")
+    return count
+
+
+def proportional(shapes: Mapping[str, tuple[int, ...]], chosen: list[str], count: int) -> dict:
+    """Per-tensor counts proportional to size, summing exactly to `count` (largest remainder)."""
+    sizes = np.array([math.prod(shapes[p]) for p in chosen], np.float64)
+    exact = sizes / sizes.sum() * count
+    per = np.floor(exact).astype(np.int64)
+    for i in np.argsort(-(exact - per), kind="stable")[: count - per.sum()]:
+        per[i] += 1
+    return {p: int(min(n, s)) for p, n, s in zip(chosen, per, sizes.astype(np.int64), strict=True)}
+
+
+def random_indices(size: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """A seeded uniform subset of k of `size` flat positions, sorted."""
+    return np.sort(rng.choice(size, size=k, replace=False)).astype(np.int32)
+
+
+def magnitude_indices(weight: np.ndarray, k: int) -> np.ndarray:
+    """The k largest |W| entries, sorted (ties broken by position, so it is deterministic)."""
+    flat = np.abs(np.asarray(weight, np.float32).reshape(-1))
+    order = np.argsort(-flat, kind="stable")[:k]
+    return np.sort(order).astype(np.int32)
+
+
+def select(params: Mapping[str, np.ndarray], cfg: SparseConfig, seed: int) -> dict[str, np.ndarray]:
+    """Index sets for the static methods (`random`, `magnitude`)."""
+    shapes = {p: tuple(a.shape) for p, a in params.items()}
+    chosen = targets(shapes, cfg.target)
+    count = budget(shapes, chosen, cfg)
+    if cfg.method == "magnitude" and cfg.allocation == "global":
+        flat = np.concatenate([np.abs(np.asarray(params[p], np.float32)).ravel() for p in chosen])
+        top = np.sort(np.argsort(-flat, kind="stable")[:count])
+        bounds = np.cumsum([0] + [math.prod(shapes[p]) for p in chosen])
+        return {
+            p: (top[(top >= lo) & (top < hi)] - lo).astype(np.int32)
+            for p, lo, hi in zip(chosen, bounds[:-1], bounds[1:], strict=True)
+        }
+    per = proportional(shapes, chosen, count)
+    rng = np.random.default_rng(seed)
+    if cfg.method == "random":
+        return {p: random_indices(math.prod(shapes[p]), per[p], rng) for p in chosen}
+    if cfg.method == "magnitude":
+        return {p: magnitude_indices(params[p], per[p]) for p in chosen}
+    raise UserError(f"sparse.method: '{cfg.method}' is not available yet (random, magnitude)")
