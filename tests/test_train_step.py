@@ -62,9 +62,7 @@ def test_packed_loss_equals_unpacked_loss(tiny_base, tmp_path):
             batch = batches.batch(i)
             if packing:
                 assert batch["segment_ids"].max() > 1  # rows really hold several examples
-            s, n = engine._eval_step(
-                engine.state["params"], {k: jnp.asarray(v) for k, v in batch.items()}
-            )
+            s, n = engine._eval_step(engine.state, {k: jnp.asarray(v) for k, v in batch.items()})
             s_total, n_total = s_total + float(s), n_total + int(n)
         totals.append((s_total, n_total))
     (s_u, n_u), (s_p, n_p) = totals

@@ -86,19 +86,38 @@ def named(mesh: Mesh, specs):
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec)
 
 
-def build_placement(mesh: Mesh, zero_stage: int, params: Mapping, axes: Mapping, opt_state):
-    """The Placement of a run's train state, gradients and batches on `mesh`."""
+def build_placement(
+    mesh: Mesh,
+    zero_stage: int,
+    params: Mapping,
+    axes: Mapping,
+    opt_state,
+    *,
+    sparse: bool = False,
+    extra: Mapping | None = None,
+):
+    """The Placement of a run's train state, gradients and batches on `mesh`.
+
+    Sparse runs train small 1-D value vectors: those, their index sets, gradients and
+    optimizer state are replicated; the frozen base is placed like dense parameters.
+    """
     from jax_sft.train.step import Placement
 
     zero = zero_axes(zero_stage)
     replicated = NamedSharding(mesh, P())
-    opt_specs = like_params(opt_state, param_specs(params, axes, mesh, zero["opt"]), params)
+    if sparse:
+        opt = jax.tree.map(lambda _: replicated, opt_state)
+        grads = jax.tree.map(lambda _: replicated, dict(extra)["values"])
+    else:
+        opt_specs = like_params(opt_state, param_specs(params, axes, mesh, zero["opt"]), params)
+        opt = named(mesh, opt_specs)
+        grads = named(mesh, param_specs(params, axes, mesh, zero["grads"]))
     state = {
         "params": named(mesh, param_specs(params, axes, mesh, zero["params"])),
-        "opt_state": named(mesh, opt_specs),
+        **{k: jax.tree.map(lambda _: replicated, v) for k, v in (extra or {}).items()},
+        "opt_state": opt,
         "step": replicated,
         "rng": replicated,
     }
-    grads = named(mesh, param_specs(params, axes, mesh, zero["grads"]))
     batch = NamedSharding(mesh, P(None, DATA_AXES, None))
     return Placement(state=state, grads=grads, batch=batch, replicated=replicated)

@@ -9,6 +9,7 @@ those k entries; but the optimizer sees only v, so Adam keeps 2k moments instead
 (0/1 gradient masks on dense tensors save no optimizer memory.) Dynamic selection changes
 the values of I, never its length, so the compiled train step never changes shape.
 
-Built so far: the delta arithmetic (`deltas`) and the static choice of entries (`select`).
-Not yet: the trainer's use of them, adapter files, LoRA and the dynamic methods.
+Built so far: the delta arithmetic (`deltas`), the static choice of entries (`select`:
+random, magnitude) and training through `jax_sft.train.trainable.SparseTraining`.
+Not yet: adapter files, LoRA, and the fisher, lt-sft, bitfit and spiel methods.
 """

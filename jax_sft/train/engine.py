@@ -29,10 +29,21 @@ from jax_sft.models.vocab import max_positions, resize_vocab
 from jax_sft.sharding.distributed import barrier, is_main, to_host
 from jax_sft.sharding.mesh import check_heads, data_parallel_size, make_mesh
 from jax_sft.sharding.placement import build_placement
+from jax_sft.sparse.deltas import zero_values
+from jax_sft.sparse.select import select
 from jax_sft.train.checkpointing import Checkpoints
 from jax_sft.train.metrics import MetricsLog
 from jax_sft.train.optimizer import make_optimizer
 from jax_sft.train.step import BATCH_KEYS, init_state, make_eval_step, make_train_step
+from jax_sft.train.trainable import DENSE, SparseTraining
+
+
+def _flatten(tree: dict) -> list[tuple[tuple, object]]:
+    return [
+        (tuple(k.key for k in path), leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
+
 
 DROPOUT_KEYS = ("dropout", "attention_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
 
@@ -106,21 +117,33 @@ class Engine:
         axes = registry.param_axes(model)
         self.graphdef, params = nnx.split(model)
         params = nnx.to_pure_dict(params)
-        self.optimizer = make_optimizer(cfg.optim, params, registry.name_table(self.hf_config))
+        host_params = jax.tree.map(np.asarray, params)  # replicated input, also multi-process
+        arrays, self.mode = {"params": host_params}, DENSE
+        table = registry.name_table(self.hf_config)
+        if cfg.sparse.method != "none":
+            flat_params = {registry.path_str(p): v for p, v in _flatten(host_params)}
+            indices = select(flat_params, cfg.sparse, t.seed)
+            arrays.update(indices=indices, values=zero_values(indices))
+            self.mode = SparseTraining()
+            self.optimizer = make_optimizer(cfg.optim, None, table)
+        else:
+            self.optimizer = make_optimizer(cfg.optim, params, table)
         self.placement = build_placement(
             self.mesh,
             cfg.parallel.zero_stage,
             params,
             axes,
-            jax.eval_shape(self.optimizer.init, params),
+            jax.eval_shape(self.optimizer.init, arrays[self.mode.key]),
+            sparse=self.mode.key == "values",
+            extra={k: v for k, v in arrays.items() if k != "params"},
         )
-        host_params = jax.tree.map(np.asarray, params)  # replicated input, also multi-process
         self.state = jax.jit(
-            lambda p: init_state(p, self.optimizer, t.seed), out_shardings=self.placement.state
-        )(host_params)
-        del params, model
-        self._train_step = make_train_step(self.graphdef, self.optimizer, self.placement)
-        self._eval_step = make_eval_step(self.graphdef, self.placement)
+            lambda a: init_state(a, self.mode, self.optimizer, t.seed),
+            out_shardings=self.placement.state,
+        )(arrays)
+        del params, model, arrays
+        self._train_step = make_train_step(self.graphdef, self.optimizer, self.placement, self.mode)
+        self._eval_step = make_eval_step(self.graphdef, self.placement, self.mode)
         self._checkpoints: Checkpoints | None = None
         self.log: MetricsLog | None = None
         self.step = 0
@@ -163,7 +186,7 @@ class Engine:
         sums, counts = [], []
         for i in range(self.eval_batches.steps_per_epoch):
             batch = {k: v for k, v in self.eval_batches.batch(i).items() if k in BATCH_KEYS}
-            s, n = self._eval_step(self.state["params"], batch)
+            s, n = self._eval_step(self.state, batch)
             sums.append(s)
             counts.append(n)
         sums, counts = np.asarray(sums, np.float64), np.asarray(counts, np.float64)
@@ -298,7 +321,7 @@ class Engine:
     def export_hf(self, dst: Path, *, overwrite: bool = True) -> None:
         """The trained model as a Hugging Face directory (weights in the param dtype);
         every process takes part in gathering, process 0 writes."""
-        model = nnx.merge(self.graphdef, self.state["params"])
+        model = nnx.merge(self.graphdef, jax.jit(self.mode.params)(self.state))
         flat = {
             registry.path_str(p): to_host(v.get_value())
             for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))

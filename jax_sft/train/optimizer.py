@@ -34,5 +34,6 @@ def make_optimizer(
         parts.append(optax.clip_by_global_norm(cfg.grad_clip))
     parts.append(optax.scale_by_adam(b1=cfg.betas[0], b2=cfg.betas[1], eps=cfg.eps))
     if cfg.weight_decay > 0:
-        parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask(params, table)))
+        mask = None if params is None else decay_mask(params, table)
+        parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=mask))
     return optax.chain(*parts)

@@ -19,6 +19,9 @@ import optax
 from flax import nnx
 
 from jax_sft.train.loss import loss_sum_and_count, scored_tokens
+from jax_sft.train.trainable import DENSE, DenseTraining, SparseTraining
+
+Mode = DenseTraining | SparseTraining
 
 TrainState = dict  # {"params", "opt_state", "step", "rng"}
 
@@ -42,10 +45,14 @@ def _forward_loss(graphdef: nnx.GraphDef, params: dict, mb: dict) -> tuple[jax.A
     return loss_sum_and_count(logits, mb["labels"])
 
 
-def init_state(params: dict, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+def init_state(
+    arrays: dict, mode: Mode, optimizer: optax.GradientTransformation, seed: int
+) -> TrainState:
+    """`arrays` ("params", and for sparse runs "indices" and "values") plus optimizer
+    state for the trained tree, the step counter and the RNG."""
     return {
-        "params": params,
-        "opt_state": optimizer.init(params),
+        **arrays,
+        "opt_state": optimizer.init(arrays[mode.key]),
         "step": jnp.zeros((), jnp.int32),
         "rng": jax.random.key_data(jax.random.key(seed)),
     }
@@ -55,6 +62,7 @@ def make_train_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
     placement: Placement | None = None,
+    mode: Mode = DENSE,
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
     """jit(step)(state, batch [accum, micro, seq], lr) -> (new state, metrics).
 
@@ -63,28 +71,25 @@ def make_train_step(
     """
 
     def step(state: TrainState, batch: dict, lr: jax.Array) -> tuple[TrainState, dict]:
-        params = state["params"]
-        value_and_grad = jax.value_and_grad(lambda p, mb: _forward_loss(graphdef, p, mb)[0])
+        trained = state[mode.key]
+        value_and_grad = jax.value_and_grad(
+            lambda t, mb: _forward_loss(graphdef, mode.params(state, t), mb)[0]
+        )
 
         def accumulate(grads: dict, mb: dict) -> tuple[dict, jax.Array]:
-            loss_sum, g = value_and_grad(params, mb)
+            loss_sum, g = value_and_grad(trained, mb)
             return jax.tree.map(jnp.add, grads, g), loss_sum
 
-        zeros = jax.tree.map(jnp.zeros_like, params)
+        zeros = jax.tree.map(jnp.zeros_like, trained)
         grads, loss_sums = jax.lax.scan(accumulate, zeros, batch)
         tokens = scored_tokens(batch["labels"])
         denom = jnp.maximum(tokens, 1).astype(jnp.float32)
         grads = jax.tree.map(lambda g: g / denom, grads)
         if placement is not None:
             grads = jax.lax.with_sharding_constraint(grads, placement.grads)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
-        params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
-        new_state = {
-            "params": params,
-            "opt_state": opt_state,
-            "step": state["step"] + 1,
-            "rng": state["rng"],
-        }
+        updates, opt_state = optimizer.update(grads, state["opt_state"], trained)
+        trained = jax.tree.map(lambda p, u: p - lr * u, trained, updates)
+        new_state = {**state, mode.key: trained, "opt_state": opt_state, "step": state["step"] + 1}
         metrics = {
             "loss": jnp.sum(loss_sums) / denom,
             "grad_norm": optax.tree.norm(grads),
@@ -103,10 +108,10 @@ def make_train_step(
 
 
 def make_eval_step(
-    graphdef: nnx.GraphDef, placement: Placement | None = None
+    graphdef: nnx.GraphDef, placement: Placement | None = None, mode: Mode = DENSE
 ) -> Callable[[dict, dict], tuple[jax.Array, jax.Array]]:
-    """jit(eval)(params, batch [micro, seq]) -> (sum of token losses, scored tokens)."""
-    fn = lambda params, batch: _forward_loss(graphdef, params, batch)  # noqa: E731
+    """jit(eval)(state, batch [micro, seq]) -> (sum of token losses, scored tokens)."""
+    fn = lambda state, batch: _forward_loss(graphdef, mode.params(state), batch)  # noqa: E731
     if placement is None:
         return jax.jit(fn)
-    return jax.jit(fn, in_shardings=(placement.state["params"], None))
+    return jax.jit(fn, in_shardings=(placement.state, None))
