@@ -112,3 +112,15 @@ def test_targets_that_match_nothing_list_the_parameters(setup):
     with pytest.raises(UserError) as err:
         targets({p: a.shape for p, a in flat.items()}, [r".*c_attn.*"])
     assert "matches no parameter" in str(err.value) and TARGET in str(err.value)
+
+
+def test_bitfit_takes_every_bias_and_refuses_a_bias_free_model(setup):
+    _, _, flat, _ = setup
+    with pytest.raises(UserError, match="bitfit needs biases, and this model has none"):
+        select(flat, SparseConfig(method="bitfit"), seed=0)
+    gpt2 = registry.build_model(tiny_config("tiny-gpt2"))
+    params = {k: np.asarray(v) for k, v in registry.flat_state(gpt2).items()}
+    chosen = select(params, SparseConfig(method="bitfit"), seed=0)
+    biases = [k for k in params if k.endswith(".bias")]
+    assert sorted(chosen) == sorted(biases) and len(biases) > 5
+    assert all(np.array_equal(chosen[k], np.arange(params[k].size)) for k in biases)

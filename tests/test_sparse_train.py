@@ -63,3 +63,28 @@ def test_sparse_run_moves_only_the_index_set_and_keeps_state_for_it(tiny_base, t
             ours_after[outside].view(np.uint32), ours_before[outside].view(np.uint32)
         )
         assert np.array_equal(ours_after[indices[path]], ours_before[indices[path]] + values[path])
+
+
+def test_adapter_files_merge_into_the_base_exactly(tiny_base, tmp_path):
+    from interop.sparse_format import fingerprint, merge_into, read_adapter
+    from jax_sft.train.run import train
+
+    cfg = run_config(
+        tiny_base,
+        tmp_path / "run",
+        sparse={"method": "magnitude", "density": 0.02},
+        train={"max_steps": 3},
+    )
+    train(cfg)
+    config, deltas = read_adapter(tmp_path / "run" / "adapter")
+    with HFCheckpointReader(tiny_base) as b, HFCheckpointReader(tmp_path / "run" / "hf") as m:
+        base, merged = dict(b), dict(m)
+    assert config["adapter_type"] == "sparse" and config["method"] == "magnitude"
+    assert config["base_fingerprint"] == fingerprint(base.items())
+    assert set(deltas) and set(deltas) <= set(base)
+    for name, array in base.items():
+        want = merge_into(array, *deltas[name]) if name in deltas else array
+        assert np.array_equal(merged[name].view(np.uint32), want.view(np.uint32)), name
+    for indices, values in deltas.values():
+        assert indices.dtype == np.int32 and np.all(np.diff(indices) > 0)
+        assert values.dtype == np.float32 and np.abs(values).max() > 0

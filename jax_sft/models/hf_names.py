@@ -42,6 +42,13 @@ class Transform:
             return x.reshape(our_shape)
         return x
 
+    def hf_flat_index(self, indices: np.ndarray, our_shape: Shape) -> np.ndarray:
+        """Where our flat positions `indices` lie in the HF tensor's flat layout."""
+        if self.kind == "transpose":
+            rows, cols = np.divmod(indices.astype(np.int64), our_shape[1])
+            return (cols * our_shape[0] + rows).astype(indices.dtype)
+        return indices  # identity and merge keep the memory order
+
     def hf_shape(self, our_shape: Shape) -> Shape:
         if self.kind == "transpose":
             return tuple(reversed(our_shape))

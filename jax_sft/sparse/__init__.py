@@ -10,6 +10,7 @@ those k entries; but the optimizer sees only v, so Adam keeps 2k moments instead
 the values of I, never its length, so the compiled train step never changes shape.
 
 Built so far: the delta arithmetic (`deltas`), the static choice of entries (`select`:
-random, magnitude) and training through `jax_sft.train.trainable.SparseTraining`.
-Not yet: adapter files, LoRA, and the fisher, lt-sft, bitfit and spiel methods.
+random, magnitude, bitfit), training through `jax_sft.train.trainable.SparseTraining`,
+and adapter files (`interop.sparse_format`). Not yet: LoRA, the fisher, lt-sft and spiel
+methods, dense-trainable leaves, L1/L2 delta penalties, merging an adapter by `convert`.
 """

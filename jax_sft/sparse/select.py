@@ -68,8 +68,10 @@ def magnitude_indices(weight: np.ndarray, k: int) -> np.ndarray:
 
 
 def select(params: Mapping[str, np.ndarray], cfg: SparseConfig, seed: int) -> dict[str, np.ndarray]:
-    """Index sets for the static methods (`random`, `magnitude`)."""
+    """Index sets for the static methods (`random`, `magnitude`, `bitfit`)."""
     shapes = {p: tuple(a.shape) for p, a in params.items()}
+    if cfg.method == "bitfit":
+        return bitfit(shapes)
     chosen = targets(shapes, cfg.target)
     count = budget(shapes, chosen, cfg)
     if cfg.method == "magnitude" and cfg.allocation == "global":
@@ -86,4 +88,14 @@ def select(params: Mapping[str, np.ndarray], cfg: SparseConfig, seed: int) -> di
         return {p: random_indices(math.prod(shapes[p]), per[p], rng) for p in chosen}
     if cfg.method == "magnitude":
         return {p: magnitude_indices(params[p], per[p]) for p in chosen}
-    raise UserError(f"sparse.method: '{cfg.method}' is not available yet (random, magnitude)")
+    raise UserError(
+        f"sparse.method: '{cfg.method}' is not available yet (random, magnitude, bitfit)"
+    )
+
+
+def bitfit(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """BitFit: every entry of every bias, and nothing else (the budget does not apply)."""
+    biases = [p for p in shapes if p.endswith(".bias")]
+    if not biases:
+        raise UserError("sparse.method: bitfit needs biases, and this model has none")
+    return {p: np.arange(math.prod(shapes[p]), dtype=np.int32) for p in biases}

@@ -23,8 +23,10 @@ from interop.data.tokenizer import load_tokenizer, prepare_tokenizer
 from interop.errors import UserError
 from interop.outputs import output_dir
 from interop.schedules import learning_rate
+from interop.sparse_format import fingerprint, write_adapter
 from jax_sft.checkpoints.loading import read_checkpoint, write_checkpoint
 from jax_sft.models import registry
+from jax_sft.models.hf_names import ours_to_hf
 from jax_sft.models.vocab import max_positions, resize_vocab
 from jax_sft.sharding.distributed import barrier, is_main, to_host
 from jax_sft.sharding.mesh import check_heads, data_parallel_size, make_mesh
@@ -317,6 +319,31 @@ class Engine:
             }
             self.log.write(entry)
             self._last_logged = entry
+
+    def export_adapter(self, dst: Path, *, overwrite: bool = True) -> None:
+        """A sparse run's deltas as an adapter directory (indices in HF layout)."""
+        table = registry.name_table(self.hf_config)
+        shapes = registry.expected_shapes(self.hf_config)
+        indices = jax.device_get(self.state["indices"])
+        values = jax.device_get(self.state["values"])
+        deltas = {}
+        for path, idx in indices.items():
+            name, transform = table.to_hf_name(path)
+            deltas[name] = (transform.hf_flat_index(idx, shapes[path]), values[path])
+        base = {registry.path_str(p): to_host(v) for p, v in _flatten(self.state["params"])}
+        s = self.cfg.sparse
+        config = {
+            "method": s.method,
+            "density": s.density,
+            "num_tunable": s.num_tunable,
+            "target": s.target,
+            "base_model": str(self.model_dir),
+            "base_fingerprint": fingerprint(ours_to_hf(table, base)),
+        }
+        if is_main():
+            with output_dir(dst, overwrite=overwrite) as tmp:
+                write_adapter(tmp, deltas, config)
+        barrier("export_adapter")
 
     def export_hf(self, dst: Path, *, overwrite: bool = True) -> None:
         """The trained model as a Hugging Face directory (weights in the param dtype);

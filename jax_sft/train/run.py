@@ -80,4 +80,6 @@ def train(
         print(f"note: {note}", file=sys.stderr)
     summary = engine.fit(on_eval)
     engine.export_hf(out / "hf")
+    if config.sparse.method != "none":
+        engine.export_adapter(out / "adapter")
     return {**summary, "output_dir": str(out)}
