@@ -88,3 +88,49 @@ def test_adapter_files_merge_into_the_base_exactly(tiny_base, tmp_path):
     for indices, values in deltas.values():
         assert indices.dtype == np.int32 and np.all(np.diff(indices) > 0)
         assert values.dtype == np.float32 and np.abs(values).max() > 0
+
+
+def test_convert_merges_an_adapter_only_into_its_own_base(tiny_base, tmp_path, capsys):
+    import shutil
+
+    import torch
+    import transformers
+
+    from jax_sft import cli
+    from jax_sft.train.run import train
+
+    train(
+        run_config(
+            tiny_base,
+            tmp_path / "run",
+            sparse={"method": "random", "num_tunable": 500},
+            train={"max_steps": 2},
+        )
+    )
+    adapter, merged = tmp_path / "run" / "adapter", tmp_path / "merged"
+    assert cli.main(["convert", str(adapter), str(merged), "--to", "hf"]) == 2
+    assert "--base" in capsys.readouterr().err
+    argv = ["convert", str(adapter), str(merged), "--to", "hf", "--base", str(tiny_base)]
+    assert cli.main(argv) == 0
+    with HFCheckpointReader(merged) as a, HFCheckpointReader(tmp_path / "run" / "hf") as b:
+        assert a.names() == b.names()
+        assert all(
+            np.array_equal(a.get(n).view(np.uint32), b.get(n).view(np.uint32)) for n in a.names()
+        )
+
+    other = tmp_path / "other-base"
+    shutil.copytree(tiny_base, other)
+    model = transformers.AutoModelForCausalLM.from_pretrained(other)
+    with torch.no_grad():
+        model.model.norm.weight[0] += 1.0
+    model.save_pretrained(other)
+    capsys.readouterr()
+    assert (
+        cli.main(
+            ["convert", str(adapter), str(tmp_path / "m2"), "--to", "hf", "--base", str(other)]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"trained on another base model than {other} (base_fingerprint differs)")
+    assert not (tmp_path / "m2").exists()

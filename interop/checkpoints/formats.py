@@ -17,10 +17,12 @@ def is_orbax_model_dir(path: str | Path) -> bool:
 
 
 def detect_format(path: str | Path) -> str:
-    """'hf' or 'orbax'; a UserError naming the path when it is neither."""
+    """'hf', 'orbax' or 'sparse-adapter'; a UserError naming the path when it is none."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: no such file or directory")
+    if (p / "adapter_config.json").is_file():
+        return "sparse-adapter"
     if is_orbax_model_dir(p):
         return "orbax"
     if is_hf_dir(p):

@@ -14,6 +14,7 @@ import numpy as np
 from interop.checkpoints.formats import detect_format
 from interop.checkpoints.hf import HFCheckpointReader, read_hf_config, write_hf_checkpoint
 from interop.errors import UserError
+from interop.sparse_format import fingerprint, merge_into, read_adapter
 from jax_sft.checkpoints.orbax_io import restore_orbax_model, save_orbax_model
 from jax_sft.models import registry
 from jax_sft.models.hf_names import hf_to_ours, ours_to_hf
@@ -42,6 +43,8 @@ def iter_checkpoint(path: str | Path) -> tuple[str, dict, Iterator[tuple[str, np
     """(format, HF config, checked (our path, array) pairs in the stored dtype)."""
     p = Path(path)
     fmt = detect_format(p)
+    if fmt == "sparse-adapter":
+        raise UserError(f"{p}: a sparse adapter, not a model; merge it with convert --base BASE")
     config = read_hf_config(p)
     registry.family_of(config, f"{p / 'config.json'}")
     expected = registry.expected_shapes(config)
@@ -85,3 +88,22 @@ def write_checkpoint(
         )
     else:
         raise UserError(f"--to: unknown format '{fmt}' (supported: {', '.join(FORMATS)})")
+
+
+def merged_adapter(adapter: Path, base: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(HF config, flat state) of `base` with the sparse adapter merged in, exactly as
+    training computed it; refuses a base whose fingerprint is not the adapter's."""
+    adapter_config, deltas = read_adapter(adapter)
+    _, config, flat = read_checkpoint(base)
+    table = registry.name_table(config)
+    hf = dict(ours_to_hf(table, flat))
+    if fingerprint(hf.items()) != adapter_config.get("base_fingerprint"):
+        raise UserError(
+            f"{adapter}: trained on another base model than {base} (base_fingerprint differs)"
+        )
+    for name, (indices, values) in deltas.items():
+        if name not in hf:
+            raise UserError(f"{adapter}: tensor {name} is not in the base model {base}")
+        hf[name] = merge_into(hf[name], indices, values)
+    expected = registry.expected_shapes(config)
+    return config, dict(hf_to_ours(table, hf.items(), expected, str(base)))

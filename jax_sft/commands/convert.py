@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from interop.checkpoints.formats import detect_format
+from interop.errors import UserError
 from interop.outputs import output_dir
 from interop.report import emit
-from jax_sft.checkpoints.loading import FORMATS, read_checkpoint, write_checkpoint
+from jax_sft.checkpoints.loading import FORMATS, merged_adapter, read_checkpoint, write_checkpoint
 from jax_sft.commands.arguments import add_json
 
 
@@ -17,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", help="destination directory (must not exist unless --overwrite)")
     p.add_argument("--to", required=True, choices=FORMATS, help="destination format")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--base", help="for a sparse adapter SRC: the base model to merge it into")
     p.add_argument("--max-shard-size", default="5GB", help="HF shard size (e.g. 5GB, 500MB)")
     add_json(p)
     p.set_defaults(run=run)
@@ -24,10 +27,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.src), Path(args.dst)
+    is_adapter = detect_format(src) == "sparse-adapter"
+    if is_adapter and not args.base:
+        raise UserError(f"--base: {src} is a sparse adapter; name the base model to merge it into")
     with output_dir(dst, args.overwrite) as tmp:
-        fmt, config, flat = read_checkpoint(src)
+        if is_adapter:
+            fmt, tokenizer_src = "sparse-adapter", Path(args.base)
+            config, flat = merged_adapter(src, tokenizer_src)
+        else:
+            fmt, config, flat = read_checkpoint(src)
+            tokenizer_src = src
         write_checkpoint(
-            tmp, args.to, config, flat, tokenizer_src=src, max_shard_size=args.max_shard_size
+            tmp,
+            args.to,
+            config,
+            flat,
+            tokenizer_src=tokenizer_src,
+            max_shard_size=args.max_shard_size,
         )
     nbytes = sum(a.nbytes for a in flat.values())
     summary = {

@@ -59,6 +59,11 @@ class Engine:
         self.model_dir = model_dir
         tok_dir = Path(cfg.data.tokenizer) if cfg.data.tokenizer else model_dir
         _, hf_config, flat = read_checkpoint(model_dir)
+        self.base_fingerprint = (
+            fingerprint(ours_to_hf(registry.name_table(hf_config), flat))
+            if cfg.sparse.method != "none"
+            else None
+        )
         self.tokenizer, eot = prepare_tokenizer(
             load_tokenizer(tok_dir),
             hf_config["model_type"],
@@ -330,7 +335,6 @@ class Engine:
         for path, idx in indices.items():
             name, transform = table.to_hf_name(path)
             deltas[name] = (transform.hf_flat_index(idx, shapes[path]), values[path])
-        base = {registry.path_str(p): to_host(v) for p, v in _flatten(self.state["params"])}
         s = self.cfg.sparse
         config = {
             "method": s.method,
@@ -338,7 +342,7 @@ class Engine:
             "num_tunable": s.num_tunable,
             "target": s.target,
             "base_model": str(self.model_dir),
-            "base_fingerprint": fingerprint(ours_to_hf(table, base)),
+            "base_fingerprint": self.base_fingerprint,
         }
         if is_main():
             with output_dir(dst, overwrite=overwrite) as tmp:
