@@ -69,7 +69,10 @@ def _base(app: Path) -> list[str]:
 
 def test_parser_has_every_main_py_flag_and_default() -> None:
     args = dschat_parser().parse_args(["--model_name_or_path", "m"])
-    assert {k: v for k, v in vars(args).items() if k != "model_name_or_path"} == MAIN_PY_DEFAULTS
+    ours = {k: v for k, v in vars(args).items() if k.startswith("sparse_")}
+    assert ours and all(v is None for v in ours.values())  # our additions are off by default
+    rest = {k: v for k, v in vars(args).items() if k != "model_name_or_path" and k not in ours}
+    assert rest == MAIN_PY_DEFAULTS
 
 
 def test_run_1_3b_single_gpu_flags(app: Path) -> None:
@@ -242,3 +245,16 @@ def test_deepspeed_config_errors_name_the_file(app: Path) -> None:
     argv = _base(app) + ["--deepspeed_config", "ds.json"]
     with pytest.raises(UserError, match=rf"^{app / 'ds.json'}: optim\.betas\.1:"):
         run_config_from_dschat(argv, cwd=app)
+
+
+def test_two_sparse_flags_turn_a_script_sparse(app: Path) -> None:
+    argv = _base(app) + ["--sparse_method", "random", "--sparse_density", "0.05"]
+    config, _ = run_config_from_dschat(argv, cwd=app)
+    cfg = RunConfig.model_validate(config)
+    assert cfg.sparse.method == "random" and cfg.sparse.density == 0.05
+    argv = _base(app) + ["--sparse_method", "random", "--sparse_target", r".*q_proj\.kernel"]
+    assert run_config_from_dschat(argv, cwd=app)[0]["sparse"]["target"] == [r".*q_proj\.kernel"]
+    with pytest.raises(UserError, match=r"^--sparse_density 1.5: sparse.density"):
+        run_config_from_dschat(
+            _base(app) + ["--sparse_method", "random", "--sparse_density", "1.5"], cwd=app
+        )

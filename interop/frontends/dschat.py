@@ -36,9 +36,10 @@ import argparse
 from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
 from pydantic import ValidationError
 
-from interop.config import RunConfig, deep_merge
+from interop.config import RunConfig, SparseConfig, deep_merge
 from interop.errors import UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
 
@@ -102,6 +103,16 @@ def dschat_parser() -> argparse.ArgumentParser:
     p.add_argument("--add_eot_token", action="store_true")
     p.add_argument("--eot_token", type=str, default="<|endoftext|>")
     p.add_argument("--print_loss", action="store_true")
+    sparse = p.add_argument_group("sparse", "jax-sft's sparse fine-tuning (sparse.* settings)")
+    for name, field in SparseConfig.model_fields.items():
+        is_list = name in ("target", "dense_trainable")
+        sparse.add_argument(
+            f"--sparse_{name}",
+            nargs="+" if is_list else None,
+            default=None,
+            type=str if is_list else yaml.safe_load,
+            help=field.description,
+        )
     ds = p.add_argument_group("DeepSpeed", "DeepSpeed configurations")
     ds.add_argument("--deepspeed", action="store_true")
     ds.add_argument("--deepspeed_config", type=str, default=None)
@@ -278,6 +289,14 @@ def _notes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[st
     return notes
 
 
+def _sparse(b: _Builder, args: argparse.Namespace) -> None:
+    """`--sparse_method random --sparse_density 0.05` (and every other `sparse.*` field)."""
+    for name in SparseConfig.model_fields:
+        value = getattr(args, f"sparse_{name}")
+        if value is not None:
+            b.set(f"sparse.{name}", value, f"--sparse_{name} {value}")
+
+
 def run_config_from_dschat(
     argv: list[str], *, cwd: Path, data_parallel_size: int = 1
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -293,6 +312,7 @@ def run_config_from_dschat(
     _data(b, args, cwd)
     _optim(b, args)
     _train(b, args, cwd)
+    _sparse(b, args)
     notes = _notes(parser, args)
     config_file = args.deepspeed_config or args.deepscale_config
     if args.deepscale_config and not args.deepspeed_config:
