@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+from flax import nnx
 from train_fixtures import run_config
 
 from interop.checkpoints.hf import HFCheckpointReader
@@ -134,3 +135,58 @@ def test_convert_merges_an_adapter_only_into_its_own_base(tiny_base, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"trained on another base model than {other} (base_fingerprint differs)")
     assert not (tmp_path / "m2").exists()
+
+
+def test_fisher_scores_are_summed_squared_per_example_gradients(tiny_base, tmp_path):
+    import jax.numpy as jnp
+
+    from interop.data.batches import Batches
+    from jax_sft.sparse.fisher import fisher_scores
+    from jax_sft.train.loss import loss_sum_and_count
+
+    engine = initialize(
+        run_config(
+            tiny_base,
+            tmp_path / "f",
+            sparse={"method": "fisher", "density": 0.01, "fisher_samples": 3},
+        )
+    )
+    target = "layers.1.mlp.up_proj.kernel"
+    indices = jax.device_get(engine.state["indices"])
+    assert sum(len(i) for i in indices.values()) == round(
+        0.01
+        * sum(
+            np.prod(s)
+            for p, s in registry.expected_shapes(engine.hf_config).items()
+            if p in indices
+        )
+    )
+    params = jax.device_get(engine.state["params"])
+    rows = Batches(
+        engine.batches.examples,
+        batch_size=1,
+        seq_len=64,
+        pad_id=engine.tokenizer.pad_token_id,
+        packing=False,
+        seed=1234,
+    )
+    scores = fisher_scores(engine.graphdef, params, rows, [target], 3)
+
+    def row_grad(i):
+        row = {k: jnp.asarray(v) for k, v in rows.batch(i).items()}
+
+        def loss(w):
+            p = jax.tree.map(lambda x: x, params)
+            p["layers"][1]["mlp"]["up_proj"]["kernel"] = w
+            m = nnx.merge(engine.graphdef, p)
+            s, n = loss_sum_and_count(
+                m(row["input_ids"], row["attention_mask"], row["positions"], row["segment_ids"]),
+                row["labels"],
+            )
+            return s / n
+
+        return np.asarray(jax.grad(loss)(params["layers"][1]["mlp"]["up_proj"]["kernel"]))
+
+    manual = sum(row_grad(i) ** 2 for i in range(3))
+    np.testing.assert_allclose(scores[target], manual, rtol=1e-4, atol=1e-12)
+    assert float(manual.max()) > 0

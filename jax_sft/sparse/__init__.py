@@ -10,7 +10,6 @@ those k entries; but the optimizer sees only v, so Adam keeps 2k moments instead
 the values of I, never its length, so the compiled train step never changes shape.
 
 Built so far: the delta arithmetic (`deltas`), the static choice of entries (`select`:
-random, magnitude, bitfit), training through `jax_sft.train.trainable.SparseTraining`,
-and adapter files (`interop.sparse_format`). Not yet: LoRA, the fisher, lt-sft and spiel
-methods, dense-trainable leaves, L1/L2 delta penalties, merging an adapter by `convert`.
+random, magnitude, bitfit; `fisher` scores), training through `jax_sft.train.trainable.SparseTraining`,
+and adapter files (`interop.sparse_format`). Not yet: LoRA, the lt-sft and spiel methods, dense-trainable leaves, L1/L2 delta penalties, merging an adapter by `convert`.
 """

@@ -67,21 +67,35 @@ def magnitude_indices(weight: np.ndarray, k: int) -> np.ndarray:
     return np.sort(order).astype(np.int32)
 
 
-def select(params: Mapping[str, np.ndarray], cfg: SparseConfig, seed: int) -> dict[str, np.ndarray]:
-    """Index sets for the static methods (`random`, `magnitude`, `bitfit`)."""
+def global_top(scores: Mapping[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+    """The `count` highest scores across all tensors, as sorted per-tensor index sets."""
+    names = list(scores)
+    flat = np.concatenate([np.asarray(scores[p], np.float32).ravel() for p in names])
+    top = np.sort(np.argsort(-flat, kind="stable")[:count])
+    bounds = np.cumsum([0] + [scores[p].size for p in names])
+    return {
+        p: (top[(top >= lo) & (top < hi)] - lo).astype(np.int32)
+        for p, lo, hi in zip(names, bounds[:-1], bounds[1:], strict=True)
+    }
+
+
+def select(
+    params: Mapping[str, np.ndarray],
+    cfg: SparseConfig,
+    seed: int,
+    scores: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Index sets for the static methods: `random`, `magnitude`, `bitfit`, and `fisher`
+    (which ranks the given `scores` globally)."""
     shapes = {p: tuple(a.shape) for p, a in params.items()}
     if cfg.method == "bitfit":
         return bitfit(shapes)
     chosen = targets(shapes, cfg.target)
     count = budget(shapes, chosen, cfg)
+    if cfg.method == "fisher":
+        return global_top({p: scores[p] for p in chosen}, count)
     if cfg.method == "magnitude" and cfg.allocation == "global":
-        flat = np.concatenate([np.abs(np.asarray(params[p], np.float32)).ravel() for p in chosen])
-        top = np.sort(np.argsort(-flat, kind="stable")[:count])
-        bounds = np.cumsum([0] + [math.prod(shapes[p]) for p in chosen])
-        return {
-            p: (top[(top >= lo) & (top < hi)] - lo).astype(np.int32)
-            for p, lo, hi in zip(chosen, bounds[:-1], bounds[1:], strict=True)
-        }
+        return global_top({p: np.abs(np.asarray(params[p], np.float32)) for p in chosen}, count)
     per = proportional(shapes, chosen, count)
     rng = np.random.default_rng(seed)
     if cfg.method == "random":
@@ -89,7 +103,7 @@ def select(params: Mapping[str, np.ndarray], cfg: SparseConfig, seed: int) -> di
     if cfg.method == "magnitude":
         return {p: magnitude_indices(params[p], per[p]) for p in chosen}
     raise UserError(
-        f"sparse.method: '{cfg.method}' is not available yet (random, magnitude, bitfit)"
+        f"sparse.method: '{cfg.method}' is not available yet (random, magnitude, bitfit, fisher)"
     )
 
 

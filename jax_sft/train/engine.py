@@ -32,7 +32,8 @@ from jax_sft.sharding.distributed import barrier, is_main, to_host
 from jax_sft.sharding.mesh import check_heads, data_parallel_size, make_mesh
 from jax_sft.sharding.placement import build_placement
 from jax_sft.sparse.deltas import zero_values
-from jax_sft.sparse.select import select
+from jax_sft.sparse.fisher import fisher_scores
+from jax_sft.sparse.select import select, targets
 from jax_sft.train.checkpointing import Checkpoints
 from jax_sft.train.metrics import MetricsLog
 from jax_sft.train.optimizer import make_optimizer
@@ -129,7 +130,21 @@ class Engine:
         table = registry.name_table(self.hf_config)
         if cfg.sparse.method != "none":
             flat_params = {registry.path_str(p): v for p, v in _flatten(host_params)}
-            indices = select(flat_params, cfg.sparse, t.seed)
+            scores = None
+            if cfg.sparse.method == "fisher":
+                one_by_one = Batches(
+                    train,
+                    batch_size=1,
+                    seq_len=cfg.data.max_seq_len,
+                    pad_id=pad,
+                    packing=False,
+                    seed=t.seed,
+                )
+                chosen = targets({k: v.shape for k, v in flat_params.items()}, cfg.sparse.target)
+                scores = fisher_scores(
+                    self.graphdef, host_params, one_by_one, chosen, cfg.sparse.fisher_samples
+                )
+            indices = select(flat_params, cfg.sparse, t.seed, scores)
             arrays.update(indices=indices, values=zero_values(indices))
             self.mode = SparseTraining()
             self.optimizer = make_optimizer(cfg.optim, None, table)
