@@ -206,3 +206,13 @@ def test_deepspeed_config_drives_batch_optimizer_and_schedule(tiny_base, tmp_pat
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert str(ds_file) in err and "train_batch_size 12" in err
+
+
+def test_settings_not_built_yet_are_refused_not_ignored(tiny_base, tmp_path, capsys):
+    cfg = write_config(tmp_path, run_config(tiny_base, tmp_path / "out"))
+    for setting, field in (
+        ("lora.rank=8", "lora.rank"),
+        ("sparse.regularization=l1", "sparse.regularization"),
+    ):
+        assert cli.main(["train", str(cfg), "--set", setting]) == 2
+        assert f"{field}: not implemented on the JAX backend yet" in capsys.readouterr().err

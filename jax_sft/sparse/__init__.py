@@ -9,7 +9,8 @@ those k entries; but the optimizer sees only v, so Adam keeps 2k moments instead
 (0/1 gradient masks on dense tensors save no optimizer memory.) Dynamic selection changes
 the values of I, never its length, so the compiled train step never changes shape.
 
-Built so far: the delta arithmetic (`deltas`), the static choice of entries (`select`:
-random, magnitude, bitfit; `fisher` scores), training through `jax_sft.train.trainable.SparseTraining`,
-and adapter files (`interop.sparse_format`). Not yet: LoRA, the lt-sft and spiel methods, dense-trainable leaves, L1/L2 delta penalties, merging an adapter by `convert`.
+Built so far: the delta arithmetic (`deltas`), the choice of entries (`select`: random,
+magnitude, bitfit, and fisher with `fisher` scores), training through
+`jax_sft.train.trainable.SparseTraining`, and adapter files (`interop.sparse_format`).
+Not yet: LoRA, the lt-sft and spiel methods, dense-trainable leaves, L1/L2 penalties.
 """
