@@ -190,3 +190,37 @@ def test_fisher_scores_are_summed_squared_per_example_gradients(tiny_base, tmp_p
     manual = sum(row_grad(i) ** 2 for i in range(3))
     np.testing.assert_allclose(scores[target], manual, rtol=1e-4, atol=1e-12)
     assert float(manual.max()) > 0
+
+
+def test_lt_sft_keeps_the_entries_that_changed_most_in_the_dense_phase(tiny_base, tmp_path):
+    from jax_sft.sparse.select import magnitude_indices, proportional
+
+    sparse = {"method": "lt-sft", "density": 0.02, "dense_steps": 3}
+    lt = initialize(run_config(tiny_base, tmp_path / "lt", sparse=sparse))
+    dense = initialize(run_config(tiny_base, tmp_path / "dense", train={"max_steps": 3}))
+    base = {
+        registry.path_str(p): np.asarray(v) for p, v in _flat(jax.device_get(dense.state["params"]))
+    }
+    for _ in range(3):
+        dense.train_batch()
+    tuned = {
+        registry.path_str(p): np.asarray(v) for p, v in _flat(jax.device_get(dense.state["params"]))
+    }
+    indices = jax.device_get(lt.state["indices"])
+    shapes = {p: base[p].shape for p in indices}
+    per = proportional(shapes, list(indices), sum(len(i) for i in indices.values()))
+    for path, idx in indices.items():
+        want = magnitude_indices(np.abs(tuned[path] - base[path]), per[path])
+        assert np.array_equal(idx, want), path
+    # training restarts from the base: the frozen weights are the untouched ones
+    frozen = {
+        registry.path_str(p): np.asarray(v) for p, v in _flat(jax.device_get(lt.state["params"]))
+    }
+    assert all(np.array_equal(frozen[p], base[p]) for p in base)
+
+
+def _flat(tree):
+    return [
+        (tuple(k.key for k in path), leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]

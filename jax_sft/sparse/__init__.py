@@ -10,7 +10,7 @@ those k entries; but the optimizer sees only v, so Adam keeps 2k moments instead
 the values of I, never its length, so the compiled train step never changes shape.
 
 Built so far: the delta arithmetic (`deltas`), the choice of entries (`select`: random,
-magnitude, bitfit, and fisher with `fisher` scores), training through
-`jax_sft.train.trainable.SparseTraining`, and adapter files (`interop.sparse_format`).
-Not yet: LoRA, the lt-sft and spiel methods, dense-trainable leaves, L1/L2 penalties.
+magnitude, bitfit, fisher with `fisher` scores, lt-sft with the engine's dense phase),
+training through `jax_sft.train.trainable.SparseTraining`, and adapter files
+(`interop.sparse_format`). Not yet: LoRA, spiel, dense-trainable leaves, L1/L2 penalties.
 """

@@ -85,14 +85,14 @@ def select(
     seed: int,
     scores: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Index sets for the static methods: `random`, `magnitude`, `bitfit`, and `fisher`
-    (which ranks the given `scores` globally)."""
+    """Index sets for `random`, `magnitude` and `bitfit`, and for `fisher` (global top of
+    `scores`) and `lt-sft` (top of `scores`, per tensor or global by `allocation`)."""
     shapes = {p: tuple(a.shape) for p, a in params.items()}
     if cfg.method == "bitfit":
         return bitfit(shapes)
     chosen = targets(shapes, cfg.target)
     count = budget(shapes, chosen, cfg)
-    if cfg.method == "fisher":
+    if cfg.method == "fisher" or (cfg.method == "lt-sft" and cfg.allocation == "global"):
         return global_top({p: scores[p] for p in chosen}, count)
     if cfg.method == "magnitude" and cfg.allocation == "global":
         return global_top({p: np.abs(np.asarray(params[p], np.float32)) for p in chosen}, count)
@@ -102,8 +102,11 @@ def select(
         return {p: random_indices(math.prod(shapes[p]), per[p], rng) for p in chosen}
     if cfg.method == "magnitude":
         return {p: magnitude_indices(params[p], per[p]) for p in chosen}
+    if cfg.method == "lt-sft":
+        return {p: magnitude_indices(scores[p], per[p]) for p in chosen}
     raise UserError(
-        f"sparse.method: '{cfg.method}' is not available yet (random, magnitude, bitfit, fisher)"
+        f"sparse.method: '{cfg.method}' is not available yet "
+        "(random, magnitude, fisher, lt-sft, bitfit)"
     )
 
 

@@ -142,20 +142,7 @@ class Engine:
         table = registry.name_table(self.hf_config)
         if cfg.sparse.method != "none":
             flat_params = {registry.path_str(p): v for p, v in _flatten(host_params)}
-            scores = None
-            if cfg.sparse.method == "fisher":
-                one_by_one = Batches(
-                    train,
-                    batch_size=1,
-                    seq_len=cfg.data.max_seq_len,
-                    pad_id=pad,
-                    packing=False,
-                    seed=t.seed,
-                )
-                chosen = targets({k: v.shape for k, v in flat_params.items()}, cfg.sparse.target)
-                scores = fisher_scores(
-                    self.graphdef, host_params, one_by_one, chosen, cfg.sparse.fisher_samples
-                )
+            scores = self._selection_scores(host_params, flat_params, train, table)
             indices = select(flat_params, cfg.sparse, t.seed, scores)
             arrays.update(indices=indices, values=zero_values(indices))
             self.mode = SparseTraining()
@@ -183,6 +170,41 @@ class Engine:
         self.step = 0
         self._last_logged: dict = {}
         self._last_flush = time.monotonic()
+
+    def _selection_scores(
+        self, params: dict, flat_params: dict, train: list, table
+    ) -> dict[str, np.ndarray] | None:
+        """What `fisher` and `lt-sft` rank entries by (None for the other methods).
+
+        fisher: summed squared per-example gradients. lt-sft: |W_after - W_base| after
+        `sparse.dense_steps` steps of full fine-tuning on the run's own batches, schedule
+        and optimizer; training then restarts from the base with only those entries.
+        """
+        cfg, t = self.cfg, self.cfg.train
+        method = cfg.sparse.method
+        if method not in ("fisher", "lt-sft"):
+            return None
+        chosen = targets({k: v.shape for k, v in flat_params.items()}, cfg.sparse.target)
+        if method == "fisher":
+            rows = Batches(
+                train,
+                batch_size=1,
+                seq_len=cfg.data.max_seq_len,
+                pad_id=self.tokenizer.pad_token_id,
+                packing=False,
+                seed=t.seed,
+            )
+            return fisher_scores(self.graphdef, params, rows, chosen, cfg.sparse.fisher_samples)
+        optimizer = make_optimizer(cfg.optim, params, table)
+        state = init_state({"params": params}, DENSE, optimizer, t.seed)
+        step = make_train_step(self.graphdef, optimizer)
+        for i in range(cfg.sparse.dense_steps):
+            batch = self.batches.batch(i)
+            batch = {k: batch[k].reshape(self.accum, -1, batch[k].shape[-1]) for k in BATCH_KEYS}
+            lr = learning_rate(i, cfg.optim.learning_rate, cfg.schedule, cfg.sparse.dense_steps)
+            state, _ = step(state, batch, np.float32(lr))
+        tuned = {registry.path_str(p): np.asarray(v) for p, v in _flatten(state["params"])}
+        return {p: np.abs(tuned[p] - flat_params[p]) for p in chosen}
 
     # -- the calls a DeepSpeed user knows -------------------------------------------------
 
