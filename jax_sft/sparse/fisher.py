@@ -18,8 +18,6 @@ from interop.data.batches import Batches
 from jax_sft.models.registry import path_str
 from jax_sft.train.loss import loss_sum_and_count
 
-BATCH_KEYS = ("input_ids", "attention_mask", "positions", "segment_ids", "labels")
-
 
 def fisher_scores(
     graphdef: nnx.GraphDef, params: Mapping, examples: Batches, targets: list[str], samples: int
@@ -46,6 +44,6 @@ def fisher_scores(
     step = jax.jit(squared_grad)
     total = {t: 0.0 for t in targets}
     for i in range(min(samples, examples.steps_per_epoch)):
-        row = {k: v for k, v in examples.batch(i).items() if k in BATCH_KEYS}
+        row = examples.batch(i)
         total = {t: total[t] + g for t, g in step(params, row).items()}
     return {t: np.asarray(v, np.float32) for t, v in total.items()}

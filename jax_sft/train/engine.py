@@ -37,7 +37,7 @@ from jax_sft.sparse.select import select, targets
 from jax_sft.train.checkpointing import Checkpoints
 from jax_sft.train.metrics import MetricsLog
 from jax_sft.train.optimizer import make_optimizer
-from jax_sft.train.step import BATCH_KEYS, init_state, make_eval_step, make_train_step
+from jax_sft.train.step import init_state, make_eval_step, make_train_step
 from jax_sft.train.trainable import DENSE, SparseTraining
 
 
@@ -199,8 +199,7 @@ class Engine:
         state = init_state({"params": params}, DENSE, optimizer, t.seed)
         step = make_train_step(self.graphdef, optimizer)
         for i in range(cfg.sparse.dense_steps):
-            batch = self.batches.batch(i)
-            batch = {k: batch[k].reshape(self.accum, -1, batch[k].shape[-1]) for k in BATCH_KEYS}
+            batch = self._accumulation_batch(i)
             lr = learning_rate(i, cfg.optim.learning_rate, cfg.schedule, cfg.sparse.dense_steps)
             state, _ = step(state, batch, np.float32(lr))
         tuned = {registry.path_str(p): np.asarray(v) for p, v in _flatten(state["params"])}
@@ -213,10 +212,14 @@ class Engine:
             step, self.cfg.optim.learning_rate, self.cfg.schedule, self.total_steps
         )
 
+    def _accumulation_batch(self, step: int) -> dict[str, np.ndarray]:
+        """The host batch of optimizer step `step`, as [accumulation, micro, seq]."""
+        batch = self.batches.batch(step)
+        return {k: v.reshape(self.accum, -1, v.shape[-1]) for k, v in batch.items()}
+
     def global_batch(self, step: int) -> dict[str, jax.Array]:
         """The batch of optimizer step `step`, shaped [accumulation, micro, seq]."""
-        batch = self.batches.batch(step)
-        shaped = {k: batch[k].reshape(self.accum, -1, batch[k].shape[-1]) for k in BATCH_KEYS}
+        shaped = self._accumulation_batch(step)
         # Each process places only the shards its own devices hold.
         return {
             k: jax.make_array_from_callback(v.shape, self.placement.batch, lambda i, v=v: v[i])
@@ -241,7 +244,7 @@ class Engine:
             return {}
         sums, counts = [], []
         for i in range(self.eval_batches.steps_per_epoch):
-            batch = {k: v for k, v in self.eval_batches.batch(i).items() if k in BATCH_KEYS}
+            batch = self.eval_batches.batch(i)
             s, n = self._eval_step(self.state, batch)
             sums.append(s)
             counts.append(n)

@@ -36,9 +36,6 @@ class Placement:
     replicated: object
 
 
-BATCH_KEYS = ("input_ids", "attention_mask", "positions", "segment_ids", "labels")
-
-
 def _forward_loss(graphdef: nnx.GraphDef, params: dict, mb: dict) -> tuple[jax.Array, jax.Array]:
     model = nnx.merge(graphdef, params)
     logits = model(mb["input_ids"], mb["attention_mask"], mb["positions"], mb["segment_ids"])
