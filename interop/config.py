@@ -198,6 +198,7 @@ class SparseConfig(_Section):
     allocation: Literal["proportional", "global"] = "proportional"
     reselect_every: PositiveInt = 20
     accumulate_steps: PositiveInt = 5
+    drop_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
     fisher_samples: PositiveInt = 64
     dense_steps: NonNegativeInt = 100
     regularization: Literal["none", "l1", "l2"] = "none"

@@ -40,7 +40,7 @@ def test_sparse_run_moves_only_the_index_set_and_keeps_state_for_it(tiny_base, t
 
     for _ in range(5):
         sparse.train_batch()
-    values = jax.device_get(sparse.state["values"])
+    values = jax.device_get(sparse.state["trained"]["values"])
     assert all(np.abs(v).max() > 0 for v in values.values())  # every delta trained
     sparse.export_hf(tmp_path / "hf")
 

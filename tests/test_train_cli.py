@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import transformers
 from train_fixtures import DEMO_DATA, run_config
 
@@ -208,11 +209,25 @@ def test_deepspeed_config_drives_batch_optimizer_and_schedule(tiny_base, tmp_pat
     assert str(ds_file) in err and "train_batch_size 12" in err
 
 
-def test_settings_not_built_yet_are_refused_not_ignored(tiny_base, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("settings", "line"),
+    [
+        (["sparse.method=random", "sparse.density=1.5"], "sparse.density"),
+        (["sparse.method=random", "sparse.density=0"], "sparse.density"),
+        (
+            ["sparse.method=random", "sparse.target=[nothing]"],
+            "sparse.target: ['nothing'] matches no parameter (parameters: embed_tokens.embedding, layers.0.",
+        ),
+        (["sparse.method=bitfit"], "sparse.method: bitfit needs biases, and this model has none"),
+    ],
+)
+def test_bad_sparse_settings_exit_2_with_the_field(tiny_base, tmp_path, capsys, settings, line):
     cfg = write_config(tmp_path, run_config(tiny_base, tmp_path / "out"))
-    for setting, field in (
-        ("lora.rank=8", "lora.rank"),
-        ("sparse.regularization=l1", "sparse.regularization"),
-    ):
-        assert cli.main(["train", str(cfg), "--set", setting]) == 2
-        assert f"{field}: not implemented on the JAX backend yet" in capsys.readouterr().err
+    argv = ["train", str(cfg)]
+    for setting in settings:
+        argv += ["--set", setting]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and line in err[0], err
+    assert "Traceback" not in err[0]
+    assert not (tmp_path / "out").exists()

@@ -93,21 +93,22 @@ def build_placement(
     axes: Mapping,
     opt_state,
     *,
-    sparse: bool = False,
+    trained_key: str = "params",
     extra: Mapping | None = None,
 ):
     """The Placement of a run's train state, gradients and batches on `mesh`.
 
-    Sparse runs train small 1-D value vectors: those, their index sets, gradients and
+    When the trained tree is not the parameters (sparse values, LoRA factors, a few
+    dense leaves), it is small: it, the other `extra` trees, its gradients and its
     optimizer state are replicated; the frozen base is placed like dense parameters.
     """
     from jax_sft.train.step import Placement
 
     zero = zero_axes(zero_stage)
     replicated = NamedSharding(mesh, P())
-    if sparse:
+    if trained_key != "params":
         opt = jax.tree.map(lambda _: replicated, opt_state)
-        grads = jax.tree.map(lambda _: replicated, dict(extra)["values"])
+        grads = jax.tree.map(lambda _: replicated, dict(extra)[trained_key])
     else:
         opt_specs = like_params(opt_state, param_specs(params, axes, mesh, zero["opt"]), params)
         opt = named(mesh, opt_specs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -19,14 +19,36 @@ from interop.config import SparseConfig
 from interop.errors import UserError
 
 
-def targets(shapes: Mapping[str, tuple[int, ...]], patterns: list[str]) -> list[str]:
-    """The parameter paths selected by `sparse.target`; an error lists the names if none."""
-    chosen = [p for p in shapes if any(re.fullmatch(pat, p) for pat in patterns)]
+def matching(paths: Iterable[str], patterns: list[str], field: str) -> list[str]:
+    """The parameter paths that fully match one of `patterns` (the setting `field`);
+    an error lists the parameter names when none does."""
+    paths = list(paths)
+    chosen = [p for p in paths if any(re.fullmatch(pat, p) for pat in patterns)]
     if not chosen:
         raise UserError(
-            f"sparse.target: {patterns} matches no parameter (parameters: {', '.join(shapes)})"
+            f"{field}: {patterns} matches no parameter (parameters: {', '.join(paths)})"
         )
     return chosen
+
+
+def targets(
+    shapes: Mapping[str, tuple[int, ...]], patterns: list[str], dense: Iterable[str] = ()
+) -> list[str]:
+    """The parameter paths selected by `sparse.target`, less those trained densely."""
+    dense = set(dense)
+    chosen = [p for p in matching(shapes, patterns, "sparse.target") if p not in dense]
+    if not chosen:
+        raise UserError("sparse.target: every parameter it matches is in sparse.dense_trainable")
+    return chosen
+
+
+def dense_leaves(paths: Iterable[str], cfg: SparseConfig) -> list[str]:
+    """The parameters `sparse.dense_trainable` names: trained whole, beside the deltas."""
+    return (
+        matching(paths, cfg.dense_trainable, "sparse.dense_trainable")
+        if cfg.dense_trainable
+        else []
+    )
 
 
 def budget(shapes: Mapping[str, tuple[int, ...]], chosen: list[str], cfg: SparseConfig) -> int:
@@ -85,12 +107,13 @@ def select(
     seed: int,
     scores: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Index sets for `random`, `magnitude` and `bitfit`, and for `fisher` (global top of
-    `scores`) and `lt-sft` (top of `scores`, per tensor or global by `allocation`)."""
+    """Index sets for `random`, `magnitude` and `bitfit`, for `fisher` (global top of
+    `scores`) and `lt-sft` (top of `scores`, per tensor or global by `allocation`), and
+    the random start that `spiel` then moves during training."""
     shapes = {p: tuple(a.shape) for p, a in params.items()}
     if cfg.method == "bitfit":
         return bitfit(shapes)
-    chosen = targets(shapes, cfg.target)
+    chosen = targets(shapes, cfg.target, dense_leaves(shapes, cfg))
     count = budget(shapes, chosen, cfg)
     if cfg.method == "fisher" or (cfg.method == "lt-sft" and cfg.allocation == "global"):
         return global_top({p: scores[p] for p in chosen}, count)
@@ -98,16 +121,11 @@ def select(
         return global_top({p: np.abs(np.asarray(params[p], np.float32)) for p in chosen}, count)
     per = proportional(shapes, chosen, count)
     rng = np.random.default_rng(seed)
-    if cfg.method == "random":
+    if cfg.method in ("random", "spiel"):
         return {p: random_indices(math.prod(shapes[p]), per[p], rng) for p in chosen}
     if cfg.method == "magnitude":
         return {p: magnitude_indices(params[p], per[p]) for p in chosen}
-    if cfg.method == "lt-sft":
-        return {p: magnitude_indices(scores[p], per[p]) for p in chosen}
-    raise UserError(
-        f"sparse.method: '{cfg.method}' is not available yet "
-        "(random, magnitude, fisher, lt-sft, bitfit)"
-    )
+    return {p: magnitude_indices(scores[p], per[p]) for p in chosen}  # lt-sft, per tensor
 
 
 def bitfit(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:

@@ -33,7 +33,8 @@ from jax_sft.sharding.mesh import check_heads, data_parallel_size, make_mesh
 from jax_sft.sharding.placement import build_placement
 from jax_sft.sparse.deltas import zero_values
 from jax_sft.sparse.fisher import fisher_scores
-from jax_sft.sparse.select import select, targets
+from jax_sft.sparse.select import dense_leaves, select, targets
+from jax_sft.sparse.spiel import Spiel
 from jax_sft.train.checkpointing import Checkpoints
 from jax_sft.train.metrics import MetricsLog
 from jax_sft.train.optimizer import make_optimizer
@@ -49,7 +50,7 @@ def _flatten(tree: dict) -> list[tuple[tuple, object]]:
 
 
 # Settings the schema already has and the trainer does not honour yet: refused, not ignored.
-NOT_YET = (("lora.rank", 0), ("sparse.dense_trainable", []), ("sparse.regularization", "none"))
+NOT_YET = (("lora.rank", 0),)
 
 
 def _get(cfg: RunConfig, dotted: str) -> object:
@@ -142,29 +143,38 @@ class Engine:
         table = registry.name_table(self.hf_config)
         if cfg.sparse.method != "none":
             flat_params = {registry.path_str(p): v for p, v in _flatten(host_params)}
-            scores = self._selection_scores(host_params, flat_params, train, table)
+            scores = self._selection_scores(host_params, flat_params, train)
             indices = select(flat_params, cfg.sparse, t.seed, scores)
-            arrays.update(indices=indices, values=zero_values(indices))
-            self.mode = SparseTraining()
-            self.optimizer = make_optimizer(cfg.optim, None, table)
-        else:
-            self.optimizer = make_optimizer(cfg.optim, params, table)
+            dense = dense_leaves(flat_params, cfg.sparse)
+            trained = {"values": zero_values(indices), "dense": {p: flat_params[p] for p in dense}}
+            arrays.update(indices=indices, trained=trained)
+            self.mode = SparseTraining(
+                regularization=cfg.sparse.regularization, reg_weight=cfg.sparse.reg_weight
+            )
+        self.optimizer = make_optimizer(
+            cfg.optim, self.mode.decay_mask(arrays[self.mode.key], table)
+        )
         self.placement = build_placement(
             self.mesh,
             cfg.parallel.zero_stage,
             params,
             axes,
             jax.eval_shape(self.optimizer.init, arrays[self.mode.key]),
-            sparse=self.mode.key == "values",
+            trained_key=self.mode.key,
             extra={k: v for k, v in arrays.items() if k != "params"},
         )
         self.state = jax.jit(
             lambda a: init_state(a, self.mode, self.optimizer, t.seed),
             out_shardings=self.placement.state,
         )(arrays)
-        del params, model, arrays
+        self.spiel = (
+            Spiel(self.graphdef, self.mode, list(arrays["indices"]), cfg.sparse, self.total_steps)
+            if cfg.sparse.method == "spiel"
+            else None
+        )
         self._train_step = make_train_step(self.graphdef, self.optimizer, self.placement, self.mode)
         self._eval_step = make_eval_step(self.graphdef, self.placement, self.mode)
+        del params, model, arrays
         self._checkpoints: Checkpoints | None = None
         self.log: MetricsLog | None = None
         self.step = 0
@@ -172,7 +182,7 @@ class Engine:
         self._last_flush = time.monotonic()
 
     def _selection_scores(
-        self, params: dict, flat_params: dict, train: list, table
+        self, params: dict, flat_params: dict, train: list
     ) -> dict[str, np.ndarray] | None:
         """What `fisher` and `lt-sft` rank entries by (None for the other methods).
 
@@ -184,7 +194,8 @@ class Engine:
         method = cfg.sparse.method
         if method not in ("fisher", "lt-sft"):
             return None
-        chosen = targets({k: v.shape for k, v in flat_params.items()}, cfg.sparse.target)
+        shapes = {k: v.shape for k, v in flat_params.items()}
+        chosen = targets(shapes, cfg.sparse.target, dense_leaves(shapes, cfg.sparse))
         if method == "fisher":
             rows = Batches(
                 train,
@@ -195,7 +206,8 @@ class Engine:
                 seed=t.seed,
             )
             return fisher_scores(self.graphdef, params, rows, chosen, cfg.sparse.fisher_samples)
-        optimizer = make_optimizer(cfg.optim, params, table)
+        table = registry.name_table(self.hf_config)
+        optimizer = make_optimizer(cfg.optim, DENSE.decay_mask(params, table))
         state = init_state({"params": params}, DENSE, optimizer, t.seed)
         step = make_train_step(self.graphdef, optimizer)
         for i in range(cfg.sparse.dense_steps):
@@ -230,8 +242,12 @@ class Engine:
         """One optimizer step (on the run's own next batch unless one is given)."""
         batch = self.global_batch(self.step) if batch is None else batch
         lr = self.lr(self.step)
+        if self.spiel is not None:
+            self.spiel.observe(self.step, self.state, batch)
         self.state, metrics = self._train_step(self.state, batch, np.float32(lr))
         self.step += 1
+        if self.spiel is not None:
+            self.state = self.spiel.update(self.step, self.state)
         return {**metrics, "lr": lr}
 
     def evaluate(self) -> dict[str, float]:
@@ -382,7 +398,7 @@ class Engine:
         table = registry.name_table(self.hf_config)
         shapes = registry.expected_shapes(self.hf_config)
         indices = jax.device_get(self.state["indices"])
-        values = jax.device_get(self.state["values"])
+        values = jax.device_get(self.state["trained"]["values"])
         deltas = {}
         for path, idx in indices.items():
             name, transform = table.to_hf_name(path)

@@ -19,9 +19,7 @@ import optax
 from flax import nnx
 
 from jax_sft.train.loss import loss_sum_and_count, scored_tokens
-from jax_sft.train.trainable import DENSE, DenseTraining, SparseTraining
-
-Mode = DenseTraining | SparseTraining
+from jax_sft.train.trainable import DENSE, Mode
 
 TrainState = dict  # {"params", "opt_state", "step", "rng"}
 
@@ -36,7 +34,8 @@ class Placement:
     replicated: object
 
 
-def _forward_loss(graphdef: nnx.GraphDef, params: dict, mb: dict) -> tuple[jax.Array, jax.Array]:
+def forward_loss(graphdef: nnx.GraphDef, params: dict, mb: dict) -> tuple[jax.Array, jax.Array]:
+    """(sum of token losses, scored tokens) of one micro-batch under `params`."""
     model = nnx.merge(graphdef, params)
     logits = model(mb["input_ids"], mb["attention_mask"], mb["positions"], mb["segment_ids"])
     return loss_sum_and_count(logits, mb["labels"])
@@ -45,7 +44,7 @@ def _forward_loss(graphdef: nnx.GraphDef, params: dict, mb: dict) -> tuple[jax.A
 def init_state(
     arrays: dict, mode: Mode, optimizer: optax.GradientTransformation, seed: int
 ) -> TrainState:
-    """`arrays` ("params", and for sparse runs "indices" and "values") plus optimizer
+    """`arrays` ("params", and for other modes their own trees) plus optimizer
     state for the trained tree, the step counter and the RNG."""
     return {
         **arrays,
@@ -70,7 +69,7 @@ def make_train_step(
     def step(state: TrainState, batch: dict, lr: jax.Array) -> tuple[TrainState, dict]:
         trained = state[mode.key]
         value_and_grad = jax.value_and_grad(
-            lambda t, mb: _forward_loss(graphdef, mode.params(state, t), mb)[0]
+            lambda t, mb: forward_loss(graphdef, mode.params(state, t), mb)[0]
         )
 
         def accumulate(grads: dict, mb: dict) -> tuple[dict, jax.Array]:
@@ -82,6 +81,8 @@ def make_train_step(
         tokens = scored_tokens(batch["labels"])
         denom = jnp.maximum(tokens, 1).astype(jnp.float32)
         grads = jax.tree.map(lambda g: g / denom, grads)
+        if mode.penalty(trained) is not None:
+            grads = jax.tree.map(jnp.add, grads, jax.grad(mode.penalty)(trained))
         if placement is not None:
             grads = jax.lax.with_sharding_constraint(grads, placement.grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], trained)
@@ -108,7 +109,7 @@ def make_eval_step(
     graphdef: nnx.GraphDef, placement: Placement | None = None, mode: Mode = DENSE
 ) -> Callable[[dict, dict], tuple[jax.Array, jax.Array]]:
     """jit(eval)(state, batch [micro, seq]) -> (sum of token losses, scored tokens)."""
-    fn = lambda state, batch: _forward_loss(graphdef, mode.params(state), batch)  # noqa: E731
+    fn = lambda state, batch: forward_loss(graphdef, mode.params(state), batch)  # noqa: E731
     if placement is None:
         return jax.jit(fn)
     return jax.jit(fn, in_shardings=(placement.state, None))
