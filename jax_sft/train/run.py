@@ -72,10 +72,16 @@ def train(
 ) -> dict:
     """Run to the end, export `OUTPUT_DIR/hf`; returns the summary."""
     out = Path(config.train.output_dir)
+    created = not out.exists()
     if is_main():
         prepare_output(out, overwrite=overwrite, resume=resume, allow_existing=allow_existing)
     barrier("prepare_output")
-    engine = initialize(config)
+    try:
+        engine = initialize(config)
+    except UserError:
+        if created and is_main() and not any(out.iterdir()):
+            out.rmdir()  # a refused run leaves no trace
+        raise
     for note in engine.notes if is_main() else ():
         print(f"note: {note}", file=sys.stderr)
     summary = engine.fit(on_eval)
