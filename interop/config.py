@@ -78,6 +78,7 @@ class ModelConfig(_Section):
 
     path: str | None = None
     tiny: str | None = None
+    base: str | None = None  # with `path` a sparse adapter: its base (default: the adapter's)
     dtype: Dtype = "float32"
     param_dtype: Dtype = "float32"
     remat: bool = False

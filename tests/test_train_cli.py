@@ -8,16 +8,9 @@ import sys
 
 import pytest
 import transformers
-from train_fixtures import DEMO_DATA, run_config
+from train_fixtures import DEMO_DATA, run_config, write_config
 
-from interop.config import dump_config
 from jax_sft import cli
-
-
-def write_config(tmp_path, cfg):
-    path = tmp_path / "run.yaml"
-    path.write_text(dump_config(cfg))
-    return path
 
 
 def test_train_writes_metrics_checkpoints_and_hf_export(tiny_base, tmp_path, capsys):
@@ -216,7 +209,8 @@ def test_deepspeed_config_drives_batch_optimizer_and_schedule(tiny_base, tmp_pat
         (["sparse.method=random", "sparse.density=0"], "sparse.density"),
         (
             ["sparse.method=random", "sparse.target=[nothing]"],
-            "sparse.target: ['nothing'] matches no parameter (parameters: embed_tokens.embedding, layers.0.",
+            "sparse.target: ['nothing'] matches no parameter "
+            "(parameters: embed_tokens.embedding, layers.0.",
         ),
         (["sparse.method=bitfit"], "sparse.method: bitfit needs biases, and this model has none"),
     ],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from interop.config import RunConfig
+from interop.config import RunConfig, dump_config
 
 DEMO_DATA = Path(__file__).resolve().parents[1] / "configs" / "data" / "demo_sft"
 
@@ -27,3 +27,10 @@ def run_config(base: Path, out: Path, **sections) -> RunConfig:
     for section, values in sections.items():
         data[section] = {**data.get(section, {}), **values}
     return RunConfig.model_validate(data)
+
+
+def write_config(tmp_path: Path, cfg: RunConfig) -> Path:
+    """`cfg` as a YAML file a command line can take."""
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_config(cfg))
+    return path

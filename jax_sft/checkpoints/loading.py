@@ -90,20 +90,56 @@ def write_checkpoint(
         raise UserError(f"--to: unknown format '{fmt}' (supported: {', '.join(FORMATS)})")
 
 
-def merged_adapter(adapter: Path, base: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """(HF config, flat state) of `base` with the sparse adapter merged in, exactly as
-    training computed it; refuses a base whose fingerprint is not the adapter's."""
+def adapter_base(adapter: Path, base: str | None) -> Path:
+    """The base model a sparse adapter applies to: `base` if given, else the one its
+    config names."""
+    named = base or read_adapter(adapter)[0].get("base_model")
+    if not named or not Path(named).exists() or detect_format(named) == "sparse-adapter":
+        raise UserError(
+            f"model.base: name the base model that {adapter} was trained on "
+            f"(its config names {named!r})"
+        )
+    return Path(named)
+
+
+def checked_adapter(
+    adapter: Path, base: Path, hf_config: Mapping, flat: Mapping[str, np.ndarray]
+) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """(adapter config, {HF name: (indices, values)}) of a sparse adapter, refused unless
+    its base fingerprint is that of `flat` (the base `base`, our layout)."""
     adapter_config, deltas = read_adapter(adapter)
-    _, config, flat = read_checkpoint(base)
-    table = registry.name_table(config)
-    hf = dict(ours_to_hf(table, flat))
-    if fingerprint(hf.items()) != adapter_config.get("base_fingerprint"):
+    hf = ours_to_hf(registry.name_table(hf_config), flat)
+    if fingerprint(hf) != adapter_config.get("base_fingerprint"):
         raise UserError(
             f"{adapter}: trained on another base model than {base} (base_fingerprint differs)"
         )
+    return adapter_config, deltas
+
+
+def deltas_in_our_layout(
+    adapter: Path, deltas: Mapping[str, tuple[np.ndarray, np.ndarray]], hf_config: Mapping
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{our path: (our flat indices, values)} for an adapter's HF-named deltas."""
+    table = registry.name_table(hf_config)
+    shapes = registry.expected_shapes(hf_config)
+    ours = {table.to_hf_name(path)[0]: path for path in shapes}
+    out = {}
     for name, (indices, values) in deltas.items():
-        if name not in hf:
-            raise UserError(f"{adapter}: tensor {name} is not in the base model {base}")
-        hf[name] = merge_into(hf[name], indices, values)
-    expected = registry.expected_shapes(config)
-    return config, dict(hf_to_ours(table, hf.items(), expected, str(base)))
+        if name not in ours:
+            raise UserError(f"{adapter}: tensor {name} is not in the base model")
+        path = ours[name]
+        transform = table.to_hf_name(path)[1]
+        order_ours = transform.ours_flat_index(indices, shapes[path])
+        order = np.argsort(order_ours, kind="stable")
+        out[path] = (order_ours[order].astype(np.int32), values[order].astype(np.float32))
+    return out
+
+
+def merged_adapter(adapter: Path, base: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(HF config, flat state) of `base` with the sparse adapter merged in, exactly as
+    training computed it; refuses a base whose fingerprint is not the adapter's."""
+    _, config, flat = read_checkpoint(base)
+    _, deltas = checked_adapter(adapter, base, config, flat)
+    for path, (indices, values) in deltas_in_our_layout(adapter, deltas, config).items():
+        flat[path] = merge_into(flat[path], indices, values)
+    return config, flat

@@ -49,6 +49,13 @@ class Transform:
             return (cols * our_shape[0] + rows).astype(indices.dtype)
         return indices  # identity and merge keep the memory order
 
+    def ours_flat_index(self, indices: np.ndarray, our_shape: Shape) -> np.ndarray:
+        """Where the HF tensor's flat positions `indices` lie in our flat layout."""
+        if self.kind == "transpose":
+            cols, rows = np.divmod(indices.astype(np.int64), our_shape[0])
+            return (rows * our_shape[1] + cols).astype(indices.dtype)
+        return indices
+
     def hf_shape(self, our_shape: Shape) -> Shape:
         if self.kind == "transpose":
             return tuple(reversed(our_shape))

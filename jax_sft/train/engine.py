@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from interop.checkpoints.formats import detect_format
 from interop.config import RunConfig
 from interop.data.batches import Batches
 from interop.data.pipeline import build_datasets
@@ -23,8 +24,14 @@ from interop.data.tokenizer import load_tokenizer, prepare_tokenizer
 from interop.errors import UserError
 from interop.outputs import output_dir
 from interop.schedules import learning_rate
-from interop.sparse_format import fingerprint, write_adapter
-from jax_sft.checkpoints.loading import read_checkpoint, write_checkpoint
+from interop.sparse_format import fingerprint, merge_into, write_adapter
+from jax_sft.checkpoints.loading import (
+    adapter_base,
+    checked_adapter,
+    deltas_in_our_layout,
+    read_checkpoint,
+    write_checkpoint,
+)
 from jax_sft.models import registry
 from jax_sft.models.hf_names import ours_to_hf
 from jax_sft.models.vocab import max_positions, resize_vocab
@@ -67,6 +74,10 @@ class Engine:
     def __init__(self, cfg: RunConfig, model_dir: Path, *, base_dir: Path = Path(".")):
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
+        self.notes: list[str] = []
+        self.adapter = None
+        if detect_format(model_dir) == "sparse-adapter":
+            self.adapter, model_dir = model_dir, adapter_base(model_dir, cfg.model.base)
         self.model_dir = model_dir
         tok_dir = Path(cfg.data.tokenizer) if cfg.data.tokenizer else model_dir
         _, hf_config, flat = read_checkpoint(model_dir)
@@ -75,6 +86,7 @@ class Engine:
             if cfg.sparse.method != "none"
             else None
         )
+        start = self._adapter_start(hf_config, flat)
         self.tokenizer, eot = prepare_tokenizer(
             load_tokenizer(tok_dir),
             hf_config["model_type"],
@@ -87,7 +99,7 @@ class Engine:
         for field, unset in NOT_YET:
             if _get(cfg, field) != unset:
                 raise UserError(f"{field}: not implemented on the JAX backend yet")
-        self.notes = [
+        self.notes += [
             f"the model config sets {key} {hf_config[key]}; the JAX backend trains without dropout"
             for key in DROPOUT_KEYS
             if hf_config.get(key)
@@ -143,10 +155,15 @@ class Engine:
         table = registry.name_table(self.hf_config)
         if cfg.sparse.method != "none":
             flat_params = {registry.path_str(p): v for p, v in _flatten(host_params)}
-            scores = self._selection_scores(host_params, flat_params, train)
-            indices = select(flat_params, cfg.sparse, t.seed, scores)
+            if start is None:
+                scores = self._selection_scores(host_params, flat_params, train)
+                indices = select(flat_params, cfg.sparse, t.seed, scores)
+                values = zero_values(indices)
+            else:
+                indices = {p: idx for p, (idx, _) in start.items()}
+                values = {p: v for p, (_, v) in start.items()}
             dense = dense_leaves(flat_params, cfg.sparse)
-            trained = {"values": zero_values(indices), "dense": {p: flat_params[p] for p in dense}}
+            trained = {"values": values, "dense": {p: flat_params[p] for p in dense}}
             arrays.update(indices=indices, trained=trained)
             self.mode = SparseTraining(
                 regularization=cfg.sparse.regularization, reg_weight=cfg.sparse.reg_weight
@@ -180,6 +197,26 @@ class Engine:
         self.step = 0
         self._last_logged: dict = {}
         self._last_flush = time.monotonic()
+
+    def _adapter_start(self, hf_config: dict, flat: dict) -> dict | None:
+        """With `model.path` a sparse adapter: a sparse run continues its deltas (returned
+        as {path: (indices, values)}); a dense run trains the merged model (`flat` is
+        merged in place)."""
+        if self.adapter is None:
+            return None
+        _, deltas = checked_adapter(self.adapter, self.model_dir, hf_config, flat)
+        ours = deltas_in_our_layout(self.adapter, deltas, hf_config)
+        if self.cfg.sparse.method == "none":
+            for path, (indices, values) in ours.items():
+                flat[path] = merge_into(flat[path], indices, values)
+            self.notes.append(f"training the base {self.model_dir} with {self.adapter} merged in")
+            return None
+        count = sum(idx.size for idx, _ in ours.values())
+        self.notes.append(
+            f"continuing the {count} entries of {self.adapter}; sparse.method and the budget "
+            "do not choose them again"
+        )
+        return ours
 
     def _selection_scores(
         self, params: dict, flat_params: dict, train: list
