@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test lint venv-core venv-dev clean
+.PHONY: demo test lint bench bench-sparse venv-core venv-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ demo: venv-core
 test: venv-dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2
+
+# Benchmarks (figures, never pass/fail): throughput and memory; the sparse quality study,
+# which rewrites docs/sparse-study.{md,png,json}.
+bench: venv-core
+	$(BIN)/jax-sft bench configs/demo.yaml
+
+bench-sparse: venv-core
+	$(BIN)/jax-sft bench --sparse configs/demo.yaml
 
 lint: venv-dev
 	$(BIN)/ruff check .

@@ -105,6 +105,10 @@ def test_budgets_by_count_and_by_lora_rank(setup):
     assert lora == 2 * 4 * (64 + 64)
     assert budget(shapes, chosen, SparseConfig(method="random", num_tunable=100)) == 100
     assert sum(proportional(shapes, chosen, 101).values()) == 101
+    # A GPT-2 c_attn kernel is stored [in, 3, out]: one LoRA rank costs in + 3 x out.
+    assert budget({"c_attn": (64, 3, 64)}, ["c_attn"], SparseConfig(match_lora_rank=2)) == 2 * (
+        64 + 192
+    )
 
 
 def test_targets_that_match_nothing_list_the_parameters(setup):
@@ -124,3 +128,13 @@ def test_bitfit_takes_every_bias_and_refuses_a_bias_free_model(setup):
     biases = [k for k in params if k.endswith(".bias")]
     assert sorted(chosen) == sorted(biases) and len(biases) > 5
     assert all(np.array_equal(chosen[k], np.arange(params[k].size)) for k in biases)
+
+
+def test_a_tensor_left_without_entries_is_not_in_the_index_sets():
+    params = {
+        "a.kernel": np.full((8, 8), 5.0, np.float32),
+        "b.kernel": np.full((8, 8), 0.1, np.float32),
+    }
+    cfg = SparseConfig(method="magnitude", num_tunable=10, allocation="global", target=[".*"])
+    chosen = select(params, cfg, seed=0)
+    assert list(chosen) == ["a.kernel"] and chosen["a.kernel"].size == 10

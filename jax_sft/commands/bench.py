@@ -1,4 +1,4 @@
-"""`jax-sft bench CONFIG.yaml [--memory] [--steps N]`: throughput, MFU and XLA memory.
+"""`jax-sft bench CONFIG.yaml [--memory] [--steps N] [--sparse]`: throughput, MFU, XLA memory.
 
 Throughput times `--steps` train steps after one warm-up (compile) step, synchronising
 only at the end; tokens/s counts scored tokens and MFU divides the achieved training
@@ -6,12 +6,14 @@ FLOPs (`jax_sft.models.flops`, the one formula) by the device's peak for the com
 dtype, where the peak is known. `--memory` compiles the train step for the config's mesh
 and ZeRO stage without running it and reports `compiled.memory_analysis()` per device:
 exact on the CPU and independent of machine load, so placements compare exactly.
+`--sparse` runs the sparse fine-tuning quality study instead (`sparse_study`).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -43,6 +45,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_overrides(p)
     p.add_argument("--memory", action="store_true", help="only report XLA's memory_analysis()")
     p.add_argument("--steps", type=int, default=10, help="timed train steps (after a warm-up)")
+    p.add_argument(
+        "--sparse",
+        action="store_true",
+        help="the sparse fine-tuning quality study (dense, LoRA, five sparse methods)",
+    )
+    p.add_argument("--sparse-lr", type=float, default=1e-2, help="study: LR of non-dense runs")
+    p.add_argument("--docs", default="docs", help="study: where the table and PNG go")
+    p.add_argument("--work", default="out/sparse-study", help="study: the runs' directories")
     add_json(p)
     p.set_defaults(run=run)
 
@@ -91,6 +101,8 @@ def throughput(engine, steps: int) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    if args.sparse:
+        return run_study(args, cfg)
     engine = initialize(cfg)
     summary = {"mesh": dict(engine.mesh.shape), "zero_stage": cfg.parallel.zero_stage}
     summary.update(train_step_memory(engine))
@@ -105,4 +117,15 @@ def run(args: argparse.Namespace) -> int:
             f"{result['devices']} x {result['device_kind']}; MFU {mfu}"
         )
     emit(lines, summary, args.json)
+    return 0
+
+
+def run_study(args: argparse.Namespace, cfg) -> int:
+    from jax_sft.commands import sparse_study
+
+    rows = sparse_study.study(cfg, Path(args.work), args.sparse_lr)
+    command = "jax-sft bench --sparse" + (f" {args.config}" if args.config else "")
+    sparse_study.write_docs(rows, Path(args.docs), command)
+    lines = [sparse_study.table(rows, rows[0]["trainable"])]
+    emit(lines, {"runs": [{k: v for k, v in r.items() if k != "curve"} for r in rows]}, args.json)
     return 0

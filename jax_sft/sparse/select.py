@@ -51,15 +51,19 @@ def dense_leaves(paths: Iterable[str], cfg: SparseConfig) -> list[str]:
     )
 
 
+def lora_width(shape: tuple[int, ...]) -> int:
+    """in + out features of a kernel stored [in, *out] (what one LoRA rank costs); 0 for
+    vectors, which LoRA does not adapt."""
+    return shape[0] + math.prod(shape[1:]) if len(shape) >= 2 else 0
+
+
 def budget(shapes: Mapping[str, tuple[int, ...]], chosen: list[str], cfg: SparseConfig) -> int:
     """How many entries train in total."""
     total = sum(math.prod(shapes[p]) for p in chosen)
     if cfg.num_tunable is not None:
         count = cfg.num_tunable
     elif cfg.match_lora_rank is not None:
-        count = sum(
-            cfg.match_lora_rank * sum(shapes[p][-2:]) for p in chosen if len(shapes[p]) >= 2
-        )
+        count = cfg.match_lora_rank * sum(lora_width(shapes[p]) for p in chosen)
     else:
         count = round((cfg.density if cfg.density is not None else 0.01) * total)
     if not 0 < count <= total:
@@ -102,6 +106,16 @@ def global_top(scores: Mapping[str, np.ndarray], count: int) -> dict[str, np.nda
 
 
 def select(
+    params: Mapping[str, np.ndarray],
+    cfg: SparseConfig,
+    seed: int,
+    scores: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """The index set of every tensor that gets at least one entry (see `_choose`)."""
+    return {p: idx for p, idx in _choose(params, cfg, seed, scores).items() if idx.size}
+
+
+def _choose(
     params: Mapping[str, np.ndarray],
     cfg: SparseConfig,
     seed: int,
