@@ -217,12 +217,40 @@ class SparseConfig(_Section):
 
 
 class LoraConfig(_Section):
-    """LoRA adapters in peft's layout; rank 0 turns LoRA off."""
+    """LoRA adapters with peft's semantics and file format; rank 0 turns LoRA off.
+
+    Each targeted linear weight W trains as W + (alpha / rank) * B @ A, with A [rank, in]
+    (kaiming-uniform, like peft) and B [out, rank] (zeros), while W stays frozen.
+    `target_modules` selects layers by their Hugging Face module name exactly as peft does:
+    a list entry matches a name equal to it or ending in "." + entry ("q_proj" matches
+    "model.layers.0.self_attn.q_proj"); a string is a regex the whole name must match;
+    "all-linear" is every linear layer but the output head. Only linear layers (GPT-2's
+    Conv1D included) take LoRA. `dense_trainable`: regexes over our dotted parameter paths
+    of leaves trained whole beside the adapters (DeepSpeed-Chat without
+    `--only_optimize_lora` trains everything: [".*"]); targeted kernels always stay frozen.
+    `learning_rate`: the adapters' own peak learning rate (None: optim.learning_rate),
+    following the same schedule. `dropout` is recorded in the adapter file; the JAX backend
+    merges the factors into the weights and refuses dropout > 0. LoRA cannot be combined
+    with sparse fine-tuning (sparse.method must be none).
+    """
 
     rank: NonNegativeInt = 0
     alpha: PositiveFloat = 16.0
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    target_modules: list[str] = ["q_proj", "v_proj"]
+    target_modules: list[str] | str = ["q_proj", "v_proj"]
+    dense_trainable: list[str] = []
+    learning_rate: NonNegativeFloat | None = None
+
+    _regexes = field_validator("dense_trainable")(_check_regexes)
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, target: list[str] | str) -> list[str] | str:
+        if isinstance(target, str):
+            _check_regexes([target])
+        elif not target:
+            raise ValueError("name at least one module (or give a regex string)")
+        return target
 
 
 class ParallelConfig(_Section):
@@ -284,6 +312,15 @@ class RunConfig(_Section):
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _one_way_to_train_few(self) -> RunConfig:
+        if self.lora.rank > 0 and self.sparse.method != "none":
+            raise ValueError(
+                f"lora.rank {self.lora.rank} and sparse.method {self.sparse.method}: "
+                "choose LoRA or sparse fine-tuning, not both"
+            )
+        return self
 
 
 def _split_override(item: str) -> tuple[list[str], Any]:

@@ -1,6 +1,7 @@
 """DeepSpeed-Chat step-1 flags: the parser matches main.py, the mapping fills a RunConfig."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,10 @@ def test_run_1_3b_single_gpu_flags(app: Path) -> None:
     assert cfg.logging.tensorboard_dir == str(
         app / "output" / "ds_tensorboard_logs" / "step1_model_tensorboard"
     )
-    assert any(note.startswith("--lora_dim 128: accepted, no effect") for note in notes)
+    assert cfg.lora.rank == 128 and cfg.lora.alpha == 1.0  # DS-Chat's scale 1/lora_dim
+    assert cfg.lora.target_modules == r".*decoder\.layers\..*"
+    assert cfg.lora.dense_trainable == [".*"] and cfg.lora.learning_rate == 5e-4
+    assert not any(note.startswith("--lora") for note in notes)
     assert any(note.startswith("--deepspeed: accepted") for note in notes)
 
 
@@ -198,12 +202,13 @@ def test_missing_model_flag_errors() -> None:
 
 def test_no_effect_flags_are_reported(app: Path) -> None:
     argv = _base(app) + [
-        "--offload", "--lora_dim", "8", "--lora_module_name", "model.layers.",
-        "--only_optimize_lora", "--lora_learning_rate", "1e-3", "--compute_fp32_loss",
+        "--offload", "--lora_module_name", "model.layers.", "--only_optimize_lora",
+        "--lora_learning_rate", "1e-3", "--compute_fp32_loss",
         "--local_rank", "0", "--data_output_path", "/tmp/x",
     ]  # fmt: skip
-    _, notes = run_config_from_dschat(argv, cwd=app)
-    for flag in ("--offload", "--lora_dim 8", "--lora_module_name model.layers.",
+    config, notes = run_config_from_dschat(argv, cwd=app)
+    assert "lora" not in config  # without --lora_dim the LoRA flags do nothing, as in DS-Chat
+    for flag in ("--offload", "--lora_module_name model.layers.",
                  "--only_optimize_lora", "--lora_learning_rate 0.001", "--compute_fp32_loss",
                  "--local_rank 0", "--data_output_path /tmp/x"):  # fmt: skip
         assert any(note.startswith(f"{flag}: accepted, no effect") for note in notes), flag
@@ -258,3 +263,32 @@ def test_two_sparse_flags_turn_a_script_sparse(app: Path) -> None:
         run_config_from_dschat(
             _base(app) + ["--sparse_method", "random", "--sparse_density", "1.5"], cwd=app
         )
+
+
+@pytest.mark.parametrize(
+    ("extra", "dense"),
+    [([], [".*"]), (["--only_optimize_lora"], [])],
+)
+def test_lora_flags_map_to_lora_settings(app: Path, extra: list[str], dense: list[str]) -> None:
+    # DS-Chat converts every nn.Linear whose name contains --lora_module_name, at scale
+    # lora_scaling / lora_dim = 1 / lora_dim, and freezes the converted weights; without
+    # --only_optimize_lora everything else still trains. LoRA weights get their own lr.
+    argv = _base(app) + [
+        "--lora_dim", "8", "--lora_module_name", "model.layers.", "--lora_learning_rate", "2e-4",
+    ]  # fmt: skip
+    cfg = RunConfig.model_validate(run_config_from_dschat(argv + extra, cwd=app)[0])
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout) == (8, 1.0, 0.0)
+    assert cfg.lora.alpha / cfg.lora.rank == 1 / 8
+    assert cfg.lora.target_modules == r".*model\.layers\..*"
+    assert cfg.lora.learning_rate == 2e-4 and cfg.optim.learning_rate == 1e-3
+    assert cfg.lora.dense_trainable == dense
+
+
+def test_lora_module_name_is_a_substring_match(app: Path) -> None:
+    # peft reads a string target_modules as a regex the whole module name must match.
+    config, _ = run_config_from_dschat(_base(app) + ["--lora_dim", "4"], cwd=app)
+    pattern = config["lora"]["target_modules"]  # from the default "decoder.layers."
+    for name in ("model.decoder.layers.0.self_attn.q_proj", "model.decoder.layers.11.fc2"):
+        assert re.fullmatch(pattern, name)
+    for name in ("lm_head", "model.decoder.project_in", "model.decoder_layers.0.fc1"):
+        assert not re.fullmatch(pattern, name)

@@ -35,6 +35,9 @@ INTEROP = [
     "interop.frontends.dschat",
     "interop.frontends.deepspeed_json",
     "interop.optim_groups",
+    "interop.lora_format",
+    "interop.sparse_format",
+    "interop.plots",
 ]
 JAX_SFT = [
     "jax_sft.cli",
@@ -43,6 +46,9 @@ JAX_SFT = [
     "jax_sft.checkpoints.loading",
     "jax_sft.models.registry",
     "jax_sft.train.engine",
+    "jax_sft.lora.training",
+    "jax_sft.lora.peft_io",
+    "jax_sft.commands.sparse_study",
 ]
 
 

@@ -142,6 +142,7 @@ def test_fisher_scores_are_summed_squared_per_example_gradients(tiny_base, tmp_p
 
     from interop.data.batches import Batches
     from jax_sft.sparse.fisher import fisher_scores
+    from jax_sft.sparse.select import targets
     from jax_sft.train.loss import loss_sum_and_count
 
     engine = initialize(
@@ -153,13 +154,10 @@ def test_fisher_scores_are_summed_squared_per_example_gradients(tiny_base, tmp_p
     )
     target = "layers.1.mlp.up_proj.kernel"
     indices = jax.device_get(engine.state["indices"])
+    shapes = registry.expected_shapes(engine.hf_config)
+    targeted = targets(shapes, engine.cfg.sparse.target)
     assert sum(len(i) for i in indices.values()) == round(
-        0.01
-        * sum(
-            np.prod(s)
-            for p, s in registry.expected_shapes(engine.hf_config).items()
-            if p in indices
-        )
+        0.01 * sum(np.prod(shapes[p]) for p in targeted)
     )
     params = jax.device_get(engine.state["params"])
     rows = Batches(

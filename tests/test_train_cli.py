@@ -117,7 +117,9 @@ def test_dschat_step1_runs_run_1_3b_flags_on_local_jsonfile(tmp_path):
     out, err = proc.stdout, proc.stderr
     ppl_lines = [x for x in out.splitlines() if x.startswith("ppl: ")]
     assert len(ppl_lines) == 2 and ", loss: " in ppl_lines[0]
-    assert "lora" in err.lower()  # the LoRA flags are reported, not dropped
+    lora = json.loads((output / "adapter" / "adapter_config.json").read_text())
+    assert lora["r"] == 128 and lora["peft_type"] == "LORA"  # --lora_dim trained LoRA
+    assert "lora" not in err.lower()  # no "flag has no effect" note for it
     saved = transformers.AutoModelForCausalLM.from_pretrained(output)
     assert saved.config.model_type == "opt"
     assert (output / "tokenizer_config.json").is_file() and (output / "training.log").exists()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from interop.checkpoints.hf import is_hf_dir
 from interop.errors import UserError
+from interop.lora_format import is_lora_adapter
 
 ORBAX_PARAMS = "params"
 
@@ -17,10 +18,13 @@ def is_orbax_model_dir(path: str | Path) -> bool:
 
 
 def detect_format(path: str | Path) -> str:
-    """'hf', 'orbax' or 'sparse-adapter'; a UserError naming the path when it is none."""
+    """'hf', 'orbax', 'lora-adapter' (peft) or 'sparse-adapter'; a UserError naming the
+    path when it is none."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: no such file or directory")
+    if is_lora_adapter(p):
+        return "lora-adapter"
     if (p / "adapter_config.json").is_file():
         return "sparse-adapter"
     if is_orbax_model_dir(p):

@@ -21,7 +21,15 @@ Where this differs from running DeepSpeed-Chat, on purpose:
 - `--dtype` also accepts `fp32` (DeepSpeed-Chat: fp16 or bf16 only; default fp16).
 - `--deepspeed_config FILE` is applied on top of the flags (DeepSpeed-Chat itself would
   refuse it, having built its own config), via `interop.frontends.deepspeed_json`.
-- Flags with no effect here (offload, the LoRA flags until LoRA is wired to them,
+- `--lora_dim N` (N > 0) is LoRA as DeepSpeed-Chat's `convert_linear_layer_to_lora` does
+  it: rank N on every linear layer whose module name contains `--lora_module_name`, at
+  its scale `lora_scaling / lora_dim` = 1/N (so `lora.alpha` is 1), the adapted weights
+  frozen, the LoRA factors in their own decayed group at `--lora_learning_rate`, and
+  without `--only_optimize_lora` every other parameter trained too. A module name that
+  matches no linear layer is an error here (DeepSpeed-Chat would silently adapt nothing).
+  The factors start from peft's init (A uniform in +-1/sqrt(in)), not DeepSpeed-Chat's
+  (+-1/sqrt(N)).
+- Flags with no effect here (offload, the LoRA flags when `--lora_dim` is 0,
   `--local_rank`, `--data_output_path`, `--compute_fp32_loss`: the loss is always float32)
   are accepted and listed in the notes when given.
 
@@ -33,6 +41,7 @@ and the trainer counts the batches.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -127,13 +136,13 @@ _NO_EFFECT = {
     "local_rank": "set by the launcher; one process drives every local device here",
     "offload": "there is no CPU offload; optimizer state stays on the accelerator",
     "compute_fp32_loss": "the loss is always computed in float32 here",
-    "lora_dim": "LoRA is not wired to DeepSpeed-Chat flags yet; all weights are fine-tuned",
-    "lora_module_name": "LoRA is not wired to DeepSpeed-Chat flags yet",
-    "only_optimize_lora": "LoRA is not wired to DeepSpeed-Chat flags yet",
-    "lora_learning_rate": "LoRA is not wired to DeepSpeed-Chat flags yet",
     "deepspeed": "DeepSpeed's helper flag for user code",
     "deepscale": "DeepSpeed's deprecated helper flag",
 }
+
+
+# Flags that only matter with `--lora_dim` > 0.
+_LORA_FLAGS = ("lora_dim", "lora_module_name", "only_optimize_lora", "lora_learning_rate")
 
 
 class _Builder:
@@ -276,8 +285,11 @@ def _train(b: _Builder, args: argparse.Namespace, cwd: Path) -> None:
 
 def _notes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     """One note per given flag that has no effect here."""
+    no_effect = dict(_NO_EFFECT)
+    if args.lora_dim <= 0:
+        no_effect.update({flag: "--lora_dim is not positive: no LoRA" for flag in _LORA_FLAGS})
     notes = []
-    for flag, why in _NO_EFFECT.items():
+    for flag, why in no_effect.items():
         value = getattr(args, flag)
         if value != parser.get_default(flag):
             shown = f"--{flag}" if isinstance(value, bool) else f"--{flag} {value}"
@@ -297,6 +309,23 @@ def _sparse(b: _Builder, args: argparse.Namespace) -> None:
             b.set(f"sparse.{name}", value, f"--sparse_{name} {value}")
 
 
+def _lora(b: _Builder, args: argparse.Namespace) -> None:
+    """DeepSpeed-Chat's LoRA (module docstring) as `lora.*` settings."""
+    if args.lora_dim <= 0:
+        return
+    dim = f"--lora_dim {args.lora_dim}"
+    b.set("lora.rank", args.lora_dim, dim)
+    b.set("lora.alpha", 1.0, f"{dim} (DeepSpeed-Chat's scale 1/lora_dim)")
+    name = args.lora_module_name
+    b.set("lora.target_modules", f".*{re.escape(name)}.*", f"--lora_module_name {name}")
+    lr = args.lora_learning_rate
+    b.set("lora.learning_rate", lr, f"--lora_learning_rate {lr}")
+    if args.only_optimize_lora:
+        b.set("lora.dense_trainable", [], "--only_optimize_lora")
+    else:
+        b.set("lora.dense_trainable", [".*"], f"{dim} without --only_optimize_lora")
+
+
 def run_config_from_dschat(
     argv: list[str], *, cwd: Path, data_parallel_size: int = 1
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -313,6 +342,7 @@ def run_config_from_dschat(
     _optim(b, args)
     _train(b, args, cwd)
     _sparse(b, args)
+    _lora(b, args)
     notes = _notes(parser, args)
     config_file = args.deepspeed_config or args.deepscale_config
     if args.deepscale_config and not args.deepspeed_config:

@@ -6,6 +6,7 @@ table one at a time; Orbax trees are checked against the shapes the config impli
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import numpy as np
 from interop.checkpoints.formats import detect_format
 from interop.checkpoints.hf import HFCheckpointReader, read_hf_config, write_hf_checkpoint
 from interop.errors import UserError
+from interop.lora_format import merge_lora
+from interop.lora_format import read_adapter as read_lora
 from interop.sparse_format import fingerprint, merge_into, read_adapter
 from jax_sft.checkpoints.orbax_io import restore_orbax_model, save_orbax_model
 from jax_sft.models import registry
@@ -43,8 +46,8 @@ def iter_checkpoint(path: str | Path) -> tuple[str, dict, Iterator[tuple[str, np
     """(format, HF config, checked (our path, array) pairs in the stored dtype)."""
     p = Path(path)
     fmt = detect_format(p)
-    if fmt == "sparse-adapter":
-        raise UserError(f"{p}: a sparse adapter, not a model; merge it with convert --base BASE")
+    if fmt.endswith("adapter"):
+        raise UserError(f"{p}: an adapter, not a model; merge it with convert --base BASE")
     config = read_hf_config(p)
     registry.family_of(config, f"{p / 'config.json'}")
     expected = registry.expected_shapes(config)
@@ -91,10 +94,11 @@ def write_checkpoint(
 
 
 def adapter_base(adapter: Path, base: str | None) -> Path:
-    """The base model a sparse adapter applies to: `base` if given, else the one its
-    config names."""
-    named = base or read_adapter(adapter)[0].get("base_model")
-    if not named or not Path(named).exists() or detect_format(named) == "sparse-adapter":
+    """The base model an adapter (sparse or peft LoRA) applies to: `base` if given, else
+    the one its config names."""
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    named = base or config.get("base_model") or config.get("base_model_name_or_path")
+    if not named or not Path(named).exists() or detect_format(named).endswith("adapter"):
         raise UserError(
             f"model.base: name the base model that {adapter} was trained on "
             f"(its config names {named!r})"
@@ -135,10 +139,23 @@ def deltas_in_our_layout(
     return out
 
 
+def with_lora_merged(
+    adapter: Path, hf_config: Mapping, flat: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The flat state `flat` with a peft LoRA adapter's factors merged into its weights."""
+    lora_config, factors = read_lora(adapter)
+    table = registry.name_table(hf_config)
+    hf = merge_lora(dict(ours_to_hf(table, flat)), lora_config, factors)
+    return dict(hf_to_ours(table, hf.items(), registry.expected_shapes(hf_config), str(adapter)))
+
+
 def merged_adapter(adapter: Path, base: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """(HF config, flat state) of `base` with the sparse adapter merged in, exactly as
-    training computed it; refuses a base whose fingerprint is not the adapter's."""
+    """(HF config, flat state) of `base` with the adapter merged in, exactly as training
+    computed it. A sparse adapter refuses a base whose fingerprint is not its own; a peft
+    LoRA adapter records none, so only the shapes are checked."""
     _, config, flat = read_checkpoint(base)
+    if detect_format(adapter) == "lora-adapter":
+        return config, with_lora_merged(adapter, config, flat)
     _, deltas = checked_adapter(adapter, base, config, flat)
     for path, (indices, values) in deltas_in_our_layout(adapter, deltas, config).items():
         flat[path] = merge_into(flat[path], indices, values)

@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", help="destination directory (must not exist unless --overwrite)")
     p.add_argument("--to", required=True, choices=FORMATS, help="destination format")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    p.add_argument("--base", help="for a sparse adapter SRC: the base model to merge it into")
+    p.add_argument("--base", help="for an adapter SRC (sparse or LoRA): the base to merge into")
     p.add_argument("--max-shard-size", default="5GB", help="HF shard size (e.g. 5GB, 500MB)")
     add_json(p)
     p.set_defaults(run=run)
@@ -27,12 +27,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.src), Path(args.dst)
-    is_adapter = detect_format(src) == "sparse-adapter"
+    fmt = detect_format(src)
+    is_adapter = fmt.endswith("adapter")
     if is_adapter and not args.base:
-        raise UserError(f"--base: {src} is a sparse adapter; name the base model to merge it into")
+        raise UserError(f"--base: {src} is an adapter; name the base model to merge it into")
     with output_dir(dst, args.overwrite) as tmp:
         if is_adapter:
-            fmt, tokenizer_src = "sparse-adapter", Path(args.base)
+            tokenizer_src = Path(args.base)
             config, flat = merged_adapter(src, tokenizer_src)
         else:
             fmt, config, flat = read_checkpoint(src)

@@ -22,6 +22,7 @@ from interop.data.batches import Batches
 from interop.data.pipeline import build_datasets
 from interop.data.tokenizer import load_tokenizer, prepare_tokenizer
 from interop.errors import UserError
+from interop.lora_format import scaling
 from interop.outputs import output_dir
 from interop.schedules import learning_rate
 from interop.sparse_format import fingerprint, merge_into, write_adapter
@@ -30,8 +31,11 @@ from jax_sft.checkpoints.loading import (
     checked_adapter,
     deltas_in_our_layout,
     read_checkpoint,
+    with_lora_merged,
     write_checkpoint,
 )
+from jax_sft.lora.peft_io import export_peft, import_peft
+from jax_sft.lora.training import LoraTraining, init_trained, lora_lr_scales
 from jax_sft.models import registry
 from jax_sft.models.hf_names import ours_to_hf
 from jax_sft.models.vocab import max_positions, resize_vocab
@@ -56,13 +60,7 @@ def _flatten(tree: dict) -> list[tuple[tuple, object]]:
     ]
 
 
-# Settings the schema already has and the trainer does not honour yet: refused, not ignored.
-NOT_YET = (("lora.rank", 0),)
-
-
-def _get(cfg: RunConfig, dotted: str) -> object:
-    section, field = dotted.split(".")
-    return getattr(getattr(cfg, section), field)
+ADAPTER_KINDS = ("sparse-adapter", "lora-adapter")
 
 
 DROPOUT_KEYS = ("dropout", "attention_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
@@ -75,8 +73,8 @@ class Engine:
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
         self.notes: list[str] = []
-        self.adapter = None
-        if detect_format(model_dir) == "sparse-adapter":
+        self.adapter, self.adapter_kind = None, detect_format(model_dir)
+        if self.adapter_kind in ADAPTER_KINDS:
             self.adapter, model_dir = model_dir, adapter_base(model_dir, cfg.model.base)
         self.model_dir = model_dir
         tok_dir = Path(cfg.data.tokenizer) if cfg.data.tokenizer else model_dir
@@ -96,9 +94,6 @@ class Engine:
         self.hf_config, flat = resize_vocab(hf_config, flat, len(self.tokenizer))
         if cfg.model.dropout:
             raise UserError("model.dropout: dropout is not implemented on the JAX backend; use 0")
-        for field, unset in NOT_YET:
-            if _get(cfg, field) != unset:
-                raise UserError(f"{field}: not implemented on the JAX backend yet")
         self.notes += [
             f"the model config sets {key} {hf_config[key]}; the JAX backend trains without dropout"
             for key in DROPOUT_KEYS
@@ -153,8 +148,9 @@ class Engine:
         host_params = jax.tree.map(np.asarray, params)  # replicated input, also multi-process
         arrays, self.mode = {"params": host_params}, DENSE
         table = registry.name_table(self.hf_config)
+        flat_params = {registry.path_str(p): v for p, v in _flatten(host_params)}
+        scales = None
         if cfg.sparse.method != "none":
-            flat_params = {registry.path_str(p): v for p, v in _flatten(host_params)}
             if start is None:
                 scores = self._selection_scores(host_params, flat_params, train)
                 indices = select(flat_params, cfg.sparse, t.seed, scores)
@@ -168,8 +164,16 @@ class Engine:
             self.mode = SparseTraining(
                 regularization=cfg.sparse.regularization, reg_weight=cfg.sparse.reg_weight
             )
+        elif cfg.lora.rank > 0:
+            self.mode = LoraTraining.from_config(cfg.lora)
+            trained = init_trained(flat_params, table, cfg.lora, t.seed)
+            if start is not None:
+                self.mode, trained["lora"] = start
+            arrays["trained"] = trained
+            scales = lora_lr_scales(trained, cfg)
+        del flat_params
         self.optimizer = make_optimizer(
-            cfg.optim, self.mode.decay_mask(arrays[self.mode.key], table)
+            cfg.optim, self.mode.decay_mask(arrays[self.mode.key], table), scales
         )
         self.placement = build_placement(
             self.mesh,
@@ -198,25 +202,38 @@ class Engine:
         self._last_logged: dict = {}
         self._last_flush = time.monotonic()
 
-    def _adapter_start(self, hf_config: dict, flat: dict) -> dict | None:
-        """With `model.path` a sparse adapter: a sparse run continues its deltas (returned
-        as {path: (indices, values)}); a dense run trains the merged model (`flat` is
-        merged in place)."""
+    def _adapter_start(self, hf_config: dict, flat: dict) -> object:
+        """With `model.path` an adapter: a run of the adapter's kind continues it (sparse:
+        {path: (indices, values)}; LoRA: (mode, factors)); any other run trains the
+        merged model (`flat` is merged in place) and gets None."""
         if self.adapter is None:
             return None
-        _, deltas = checked_adapter(self.adapter, self.model_dir, hf_config, flat)
-        ours = deltas_in_our_layout(self.adapter, deltas, hf_config)
-        if self.cfg.sparse.method == "none":
+        table = registry.name_table(hf_config)
+        if self.adapter_kind == "lora-adapter":
+            config, lora = import_peft(self.adapter, table, registry.expected_shapes(hf_config))
+            if self.cfg.lora.rank > 0:
+                if config["r"] != self.cfg.lora.rank:
+                    raise UserError(
+                        f"lora.rank: {self.cfg.lora.rank}, but {self.adapter} has rank "
+                        f"{config['r']}"
+                    )
+                self.notes.append(f"continuing the LoRA factors of {self.adapter}")
+                return LoraTraining(scale=scaling(config)), lora
+            flat.update(with_lora_merged(self.adapter, hf_config, flat))
+        else:
+            _, deltas = checked_adapter(self.adapter, self.model_dir, hf_config, flat)
+            ours = deltas_in_our_layout(self.adapter, deltas, hf_config)
+            if self.cfg.sparse.method != "none":
+                count = sum(idx.size for idx, _ in ours.values())
+                self.notes.append(
+                    f"continuing the {count} entries of {self.adapter}; sparse.method and "
+                    "the budget do not choose them again"
+                )
+                return ours
             for path, (indices, values) in ours.items():
                 flat[path] = merge_into(flat[path], indices, values)
-            self.notes.append(f"training the base {self.model_dir} with {self.adapter} merged in")
-            return None
-        count = sum(idx.size for idx, _ in ours.values())
-        self.notes.append(
-            f"continuing the {count} entries of {self.adapter}; sparse.method and the budget "
-            "do not choose them again"
-        )
-        return ours
+        self.notes.append(f"training the base {self.model_dir} with {self.adapter} merged in")
+        return None
 
     def _selection_scores(
         self, params: dict, flat_params: dict, train: list
@@ -431,9 +448,17 @@ class Engine:
             self._last_logged = entry
 
     def export_adapter(self, dst: Path, *, overwrite: bool = True) -> None:
-        """A sparse run's deltas as an adapter directory (indices in HF layout)."""
+        """A sparse run's deltas as an adapter directory (indices in HF layout); a LoRA
+        run's factors as a peft adapter."""
         table = registry.name_table(self.hf_config)
         shapes = registry.expected_shapes(self.hf_config)
+        if isinstance(self.mode, LoraTraining):
+            lora = jax.device_get(self.state["trained"]["lora"])
+            if is_main():
+                with output_dir(dst, overwrite=overwrite) as tmp:
+                    export_peft(tmp, lora, table, shapes, self.cfg.lora, str(self.model_dir))
+            barrier("export_adapter")
+            return
         indices = jax.device_get(self.state["indices"])
         values = jax.device_get(self.state["trained"]["values"])
         deltas = {}

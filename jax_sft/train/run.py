@@ -86,6 +86,6 @@ def train(
         print(f"note: {note}", file=sys.stderr)
     summary = engine.fit(on_eval)
     engine.export_hf(out / "hf")
-    if config.sparse.method != "none":
+    if config.sparse.method != "none" or config.lora.rank > 0:
         engine.export_adapter(out / "adapter")
     return {**summary, "output_dir": str(out)}
