@@ -12,9 +12,10 @@ def loss_curves(
     *,
     title: str,
     ylabel: str = "eval loss",
-    styles: Mapping[str, str] | None = None,
+    styles: Mapping[str, dict] | None = None,
 ) -> None:
-    """One line per named (steps, values) curve, written to the PNG `dst`."""
+    """One line per named (steps, values) curve, written to the PNG `dst`; `styles` gives
+    a curve matplotlib line properties (color, linestyle)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,7 +23,7 @@ def loss_curves(
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for name, (steps, values) in curves.items():
-        ax.plot(steps, values, (styles or {}).get(name, "-"), label=name, linewidth=1.4)
+        ax.plot(steps, values, label=name, linewidth=1.4, **(styles or {}).get(name, {}))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -22,6 +22,8 @@ import jax
 from interop.config import RunConfig
 from interop.plots import loss_curves
 from jax_sft.commands.bench import train_step_memory
+from jax_sft.models import registry
+from jax_sft.sparse.select import lora_width, targets
 from jax_sft.train.base_model import ensure_base
 from jax_sft.train.run import initialize, prepare_output
 
@@ -29,7 +31,17 @@ METHODS = ("random", "magnitude", "fisher", "lt-sft", "spiel")
 DENSITIES = (0.01, 0.05)
 
 
-def variants(sparse_lr: float) -> list[tuple[str, dict]]:
+def lora_budget(shapes: dict, target: list[str], density: float) -> tuple[int, list[str]]:
+    """The LoRA rank whose trainable count is nearest `density` of the targeted weights
+    (at least 1), and the module names that put LoRA on the same weights."""
+    chosen = targets(shapes, target)
+    size = sum(math.prod(shapes[p]) for p in chosen)
+    width = sum(lora_width(shapes[p]) for p in chosen)
+    modules = sorted({p.split(".")[-2] for p in chosen})
+    return max(1, round(density * size / width)), modules
+
+
+def variants(sparse_lr: float, shapes: dict, target: list[str]) -> list[tuple[str, dict]]:
     """(name, config overrides by section) of every run in the study. "targeted 100%"
     trains every entry of the targeted weights (all but embeddings, head and norms) at
     the dense learning rate: the ceiling of what any subset of them can reach."""
@@ -39,6 +51,11 @@ def variants(sparse_lr: float) -> list[tuple[str, dict]]:
     ]
     for density in DENSITIES:
         tag = f"{density:.0%}"
+        rank, modules = lora_budget(shapes, target, density)
+        lora = {"rank": rank, "alpha": float(rank), "target_modules": modules}
+        runs.append(
+            (f"LoRA r={rank} ({tag})", {"lora": lora, "optim": {"learning_rate": sparse_lr}})
+        )
         for method in METHODS:
             runs.append(
                 (
@@ -94,10 +111,13 @@ def study(cfg: RunConfig, work: Path, sparse_lr: float, evals: int = 12) -> list
     """Every variant of the study on `cfg`'s base model and data, in `work`."""
     if cfg.model.path is None:
         cfg = _with(cfg, {"model": {"path": str(ensure_base(cfg)), "tiny": None}})
-    total = initialize(cfg).total_steps  # the same for every variant: same data, same batches
+    probe = initialize(cfg)
+    total = probe.total_steps  # the same for every variant: same data, same batches
+    shapes = registry.expected_shapes(probe.hf_config)
+    del probe
     rows = []
-    for name, sections in variants(sparse_lr):
-        slug = name.replace(" ", "-").replace("%", "pct")
+    for name, sections in variants(sparse_lr, shapes, cfg.sparse.target):
+        slug = "".join(c if c.isalnum() else "-" for c in name)
         train = {"output_dir": str(work / slug), "eval_every": max(1, total // evals)}
         rows.append(run_variant(_with(cfg, {**sections, "train": train}), name))
     dense_drop = rows[0]["eval_before"] - rows[0]["eval_after"]
@@ -130,9 +150,19 @@ def write_docs(rows: list[dict], docs: Path, command: str) -> None:
     dense_params = rows[0]["trainable"]
     (docs / "sparse-study.json").write_text(json.dumps(rows, indent=1) + "\n")
     curves = {r["name"]: tuple(zip(*r["curve"], strict=True)) for r in rows}
-    styles = {r["name"]: ("--" if "1%" in r["name"] else "-") for r in rows}
+    kinds = list(dict.fromkeys(r["name"].split()[0] for r in rows))
+    styles = {
+        r["name"]: {
+            "color": f"C{kinds.index(r['name'].split()[0])}",
+            "linestyle": "--" if "(1%)" in r["name"] or r["name"].endswith(" 1%") else "-",
+        }
+        for r in rows
+    }
     loss_curves(
-        docs / "sparse-study.png", curves, title="eval loss: dense vs sparse", styles=styles
+        docs / "sparse-study.png",
+        curves,
+        title="eval loss on the demo SFT set (dashed: 1% budget, solid: 5%)",
+        styles=styles,
     )
     text = (
         "# Sparse fine-tuning study\n\n"
