@@ -453,6 +453,14 @@ def load_config(
         raise UserError(f"{source}: {message}") from None
 
 
+def with_sections(cfg: RunConfig, sections: dict) -> RunConfig:
+    """A validated copy of `cfg` with fields replaced, given as {section: {field: value}}."""
+    data = cfg.model_dump()
+    for section, values in sections.items():
+        data[section] = {**data[section], **values}
+    return RunConfig.model_validate(data)
+
+
 def dump_config(cfg: RunConfig) -> str:
     """The config as YAML text, every field written out; `load_config` reads it back equal."""
     return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)

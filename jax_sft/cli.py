@@ -10,10 +10,19 @@ import sys
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from interop.errors import BackendError, UserError
-from jax_sft.commands import bench, compare, config, convert, dschat_step1, launch, train
+from jax_sft.commands import (
+    bench,
+    compare,
+    config,
+    convert,
+    dschat_step1,
+    launch,
+    parity,
+    train,
+)
 from jax_sft.commands import eval as eval_command
 
-COMMANDS = (train, dschat_step1, eval_command, convert, compare, config, bench, launch)
+COMMANDS = (train, dschat_step1, eval_command, convert, compare, config, bench, launch, parity)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jax
 
-from interop.config import RunConfig
+from interop.config import RunConfig, with_sections
 from interop.plots import loss_curves
 from jax_sft.commands.bench import train_step_memory
 from jax_sft.models import registry
@@ -73,13 +73,6 @@ def _nbytes(tree) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def _with(cfg: RunConfig, sections: dict) -> RunConfig:
-    data = cfg.model_dump()
-    for section, values in sections.items():
-        data[section] = {**data[section], **values}
-    return RunConfig.model_validate(data)
-
-
 def run_variant(cfg: RunConfig, name: str) -> dict:
     """Train one variant to the end; its figures and eval-loss curve."""
     out = Path(cfg.train.output_dir)
@@ -110,7 +103,7 @@ def run_variant(cfg: RunConfig, name: str) -> dict:
 def study(cfg: RunConfig, work: Path, sparse_lr: float, evals: int = 12) -> list[dict]:
     """Every variant of the study on `cfg`'s base model and data, in `work`."""
     if cfg.model.path is None:
-        cfg = _with(cfg, {"model": {"path": str(ensure_base(cfg)), "tiny": None}})
+        cfg = with_sections(cfg, {"model": {"path": str(ensure_base(cfg)), "tiny": None}})
     probe = initialize(cfg)
     total = probe.total_steps  # the same for every variant: same data, same batches
     shapes = registry.expected_shapes(probe.hf_config)
@@ -119,7 +112,7 @@ def study(cfg: RunConfig, work: Path, sparse_lr: float, evals: int = 12) -> list
     for name, sections in variants(sparse_lr, shapes, cfg.sparse.target):
         slug = "".join(c if c.isalnum() else "-" for c in name)
         train = {"output_dir": str(work / slug), "eval_every": max(1, total // evals)}
-        rows.append(run_variant(_with(cfg, {**sections, "train": train}), name))
+        rows.append(run_variant(with_sections(cfg, {**sections, "train": train}), name))
     dense_drop = rows[0]["eval_before"] - rows[0]["eval_after"]
     for row in rows:
         drop = row["eval_before"] - row["eval_after"]

@@ -1,0 +1,149 @@
+"""`jax-sft parity CONFIG.yaml --steps N [--torch-procs P]`: train both backends from one
+initial checkpoint on the same batches and compare them step by step.
+
+The harness makes the starting point once: the config's HF model (or its tiny base, built
+and cached as `jax-sft train` does) and, for sparse and LoRA runs, the JAX side's initial
+adapter (zero deltas on the chosen index sets; LoRA factors with B = 0), so both sides
+train exactly the same entries from exactly the same values. It writes the run's final
+config to `OUT/run.yaml`, then runs `jax-sft train` (on P virtual devices) and
+`torch-ref train` (under torchrun with P processes when P > 1) as subprocesses into
+`OUT/jax` and `OUT/torch`, and compares what they wrote (`interop.parity`):
+`OUT/parity.json`, `OUT/parity.png`. A torch side that cannot run is reported as such,
+with its stderr tail, never as a parity failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from interop.config import RunConfig, dump_config, load_config, with_sections
+from interop.errors import BackendError, UserError
+from interop.parity import compare_losses, compare_params, final_eval, plot, step_losses
+from interop.report import emit
+from jax_sft.commands.arguments import add_json, add_overrides
+from jax_sft.train.base_model import ensure_base
+from jax_sft.train.run import initialize, prepare_output
+
+STDERR_TAIL = 3000
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("parity", help="train JAX and PyTorch/DeepSpeed side by side and compare")
+    p.add_argument("config", help="YAML run config")
+    add_overrides(p)
+    p.add_argument("--steps", type=int, default=50, help="optimizer steps on each side")
+    p.add_argument("--torch-procs", type=int, default=1, help="data-parallel processes/devices")
+    p.add_argument("--rtol", type=float, default=1e-4, help="allowed per-step relative loss diff")
+    p.add_argument("--param-atol", type=float, default=1e-5, help="allowed final max |param diff|")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    add_json(p)
+    p.set_defaults(run=run)
+
+
+def starting_point(cfg: RunConfig, out: Path) -> RunConfig:
+    """`cfg` pointed at the shared initial checkpoint (and adapter) in `out`."""
+    if cfg.model.path is None:
+        base = ensure_base(with_sections(cfg, {"train": {"output_dir": str(out)}}))
+        cfg = with_sections(cfg, {"model": {"path": str(base), "tiny": None}})
+    if cfg.sparse.method == "none" and cfg.lora.rank == 0:
+        return cfg
+    engine = initialize(with_sections(cfg, {"parallel": {"data": 1, "fsdp": 1, "tensor": 1}}))
+    engine.export_adapter(out / "init-adapter")
+    return with_sections(
+        cfg, {"model": {"path": str(out / "init-adapter"), "base": str(engine.model_dir)}}
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _side(name: str, argv: list[str], env: dict, log: Path) -> None:
+    """Run one backend; a failure is that backend's, reported with its stderr tail."""
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+    log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    if proc.returncode != 0:
+        tail = proc.stderr[-STDERR_TAIL:].rstrip()
+        raise BackendError(
+            f"the {name} side failed (exit {proc.returncode}), so nothing was compared; "
+            f"full log in {log}; its stderr ends:\n{tail}"
+        )
+
+
+def run_sides(config: Path, out: Path, procs: int) -> None:
+    """`jax-sft train` and `torch-ref train` on the same config, into out/jax, out/torch."""
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("deepspeed") is None:
+        raise BackendError(
+            "the torch side cannot run: torch and deepspeed are not installed "
+            "(pip install -e '.[torch]'), so nothing was compared"
+        )
+    jax_env = {
+        **os.environ,
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
+        f"--xla_force_host_platform_device_count={procs}".strip(),
+    }
+    jax_argv = [sys.executable, "-m", "jax_sft.cli", "train", str(config)]
+    jax_argv += ["--set", f"train.output_dir={out / 'jax'}", "--set", f"parallel.data={procs}"]
+    _side("jax", [*jax_argv, "--overwrite"], jax_env, out / "jax.log")
+    torch_args = ["train", str(config), "--set", f"train.output_dir={out / 'torch'}", "--overwrite"]
+    if procs > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs)]
+        launcher += ["--master_port", str(_free_port()), "-m", "torch_ref.cli"]
+    else:
+        launcher = [sys.executable, "-m", "torch_ref.cli"]
+    _side("torch", [*launcher, *torch_args], dict(os.environ), out / "torch.log")
+
+
+def summarize(out: Path, steps: int, procs: int) -> dict:
+    """parity.json's object from what both sides wrote."""
+    losses = compare_losses(
+        step_losses(out / "jax" / "metrics.jsonl"), step_losses(out / "torch" / "metrics.jsonl")
+    )
+    if len(losses["steps"]) != steps:
+        raise BackendError(f"expected {steps} logged steps on each side, found {losses['steps']}")
+    params = compare_params(out / "jax" / "hf", out / "torch" / "hf")
+    evals = {side: final_eval(out / side / "metrics.jsonl") for side in ("jax", "torch")}
+    return {"steps": steps, "processes": procs, **losses, **params, "final_eval": evals}
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.steps < 1 or args.torch_procs < 1:
+        raise UserError("--steps and --torch-procs must be >= 1")
+    cfg = load_config(args.config, args.overrides)
+    out = Path(cfg.train.output_dir)
+    prepare_output(out, overwrite=args.overwrite, resume=False)
+    cfg = with_sections(
+        starting_point(cfg, out),
+        {"train": {"max_steps": args.steps, "log_every": 1, "save_every": None}},
+    )
+    config = out / "run.yaml"
+    config.write_text(dump_config(cfg))
+    run_sides(config, out, args.torch_procs)
+    summary = summarize(out, args.steps, args.torch_procs)
+    passed = (
+        summary["max_rel_loss_diff"] <= args.rtol
+        and summary["final_max_abs_param_diff"] <= args.param_atol
+    )
+    summary.update(passed=passed, rtol=args.rtol, param_atol=args.param_atol)
+    (out / "parity.json").write_text(json.dumps(summary, indent=1) + "\n")
+    title = f"{cfg.model.path} · {args.steps} steps · {args.torch_procs} process(es)"
+    plot(out / "parity.png", summary["steps"], summary["loss_jax"], summary["loss_torch"], title)
+    verdict = "within" if passed else "OUTSIDE"
+    lines = [
+        f"max relative loss difference {summary['max_rel_loss_diff']:.3e} over {args.steps} "
+        f"steps; final max |param diff| {summary['final_max_abs_param_diff']:.3e} "
+        f"({summary['worst_tensor']}); {verdict} rtol {args.rtol:g}, param atol "
+        f"{args.param_atol:g}",
+        f"wrote {out / 'parity.json'} and {out / 'parity.png'}",
+    ]
+    emit(lines, {k: v for k, v in summary.items() if k != "per_tensor"}, args.json)
+    return 0 if passed else 1
