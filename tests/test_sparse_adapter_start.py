@@ -1,11 +1,8 @@
 """`jax-sft train` from a sparse adapter: continue its deltas, or train the merged model."""
 
-import shutil
-
 import jax
 import numpy as np
-import torch
-import transformers
+from tiny_hf import other_base
 from train_fixtures import run_config, write_config
 
 from interop.sparse_format import read_adapter
@@ -47,12 +44,7 @@ def test_a_run_continues_or_merges_an_adapter(tiny_base, tmp_path, capsys):
     }
     assert all(np.array_equal(params[p], exported[p]) for p in exported)
 
-    other = tmp_path / "other-base"
-    shutil.copytree(tiny_base, other)
-    model = transformers.AutoModelForCausalLM.from_pretrained(other)
-    with torch.no_grad():
-        model.model.norm.weight[0] += 1.0
-    model.save_pretrained(other)
+    other = other_base(tiny_base, tmp_path / "other-base")
     cfg = write_config(tmp_path, run_config(adapter, tmp_path / "wrong", sparse=sparse))
     capsys.readouterr()
     assert cli.main(["train", str(cfg), "--set", f"model.base={other}"]) == 2

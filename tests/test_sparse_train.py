@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 from flax import nnx
+from tiny_hf import other_base
 from train_fixtures import run_config
 
 from interop.checkpoints.hf import HFCheckpointReader
@@ -92,10 +93,6 @@ def test_adapter_files_merge_into_the_base_exactly(tiny_base, tmp_path):
 
 
 def test_convert_merges_an_adapter_only_into_its_own_base(tiny_base, tmp_path, capsys):
-    import shutil
-
-    import torch
-    import transformers
 
     from jax_sft import cli
     from jax_sft.train.run import train
@@ -119,12 +116,7 @@ def test_convert_merges_an_adapter_only_into_its_own_base(tiny_base, tmp_path, c
             np.array_equal(a.get(n).view(np.uint32), b.get(n).view(np.uint32)) for n in a.names()
         )
 
-    other = tmp_path / "other-base"
-    shutil.copytree(tiny_base, other)
-    model = transformers.AutoModelForCausalLM.from_pretrained(other)
-    with torch.no_grad():
-        model.model.norm.weight[0] += 1.0
-    model.save_pretrained(other)
+    other = other_base(tiny_base, tmp_path / "other-base")
     capsys.readouterr()
     assert (
         cli.main(

@@ -6,6 +6,9 @@ included), so a misplaced bias, a wrong transpose or a wrong norm shows up in th
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import torch
 import transformers
@@ -116,3 +119,13 @@ def hf_logits(model: transformers.PreTrainedModel, batch: dict[str, np.ndarray])
             position_ids=torch.from_numpy(batch["positions"]),
         )
     return out.logits.float().numpy()
+
+
+def other_base(base: Path, dst: Path) -> Path:
+    """A copy of the HF model `base` with one weight changed: another base fingerprint."""
+    shutil.copytree(base, dst)
+    model = transformers.AutoModelForCausalLM.from_pretrained(dst)
+    with torch.no_grad():
+        model.model.norm.weight[0] += 1.0
+    model.save_pretrained(dst)
+    return dst
