@@ -63,7 +63,7 @@ def test_jax_sft_never_imports_torch():
     assert not loaded & {"torch", "deepspeed"}
 
 
-@pytest.mark.parametrize("module", ["torch_ref.cli", "torch_ref.logits"])
+@pytest.mark.parametrize("module", ["torch_ref.cli", "torch_ref.logits", "torch_ref.train.run"])
 def test_torch_ref_never_imports_jax(module):
     loaded = modules_loaded_by([module])
     assert not loaded & {"jax", "jaxlib", "flax", "optax", "orbax"}

@@ -104,3 +104,13 @@ def test_penalty_shrinks_the_deltas(tiny_base, tmp_path, kind):
     free = trained_norm({}, "free")
     held = trained_norm({"regularization": kind, "reg_weight": 1.0}, kind)
     assert held < 0.7 * free
+
+
+def test_l1_penalty_has_subgradient_zero_at_zero():
+    from jax_sft.train.trainable import SparseTraining
+
+    mode = SparseTraining(regularization="l1", reg_weight=0.5)
+    trained = {"values": {"w": np.array([0.0, 2.0, -3.0], np.float32)}, "dense": {}}
+    assert float(mode.penalty(trained)) == 2.5
+    grad = jax.grad(mode.penalty)(trained)["values"]["w"]
+    assert grad.tolist() == [0.0, 0.5, -0.5]

@@ -1,12 +1,20 @@
-"""`torch-ref` entry point: the PyTorch side of commands that need both frameworks."""
+"""`torch-ref` entry point: the PyTorch side of commands that need both frameworks.
+
+`torch-ref train CONFIG.yaml [--set a.b=v ...] [--deepspeed_config ds.json] [--overwrite]
+[--resume] [--json]` is the PyTorch/DeepSpeed reference trainer; for several processes,
+`torchrun --nproc_per_node P -m torch_ref.cli train ...` (or the `deepspeed` launcher).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from interop.errors import UserError
+
+TORCH_PACKAGES = ("torch", "deepspeed", "peft")
 
 
 def _logits(args: argparse.Namespace) -> int:
@@ -19,24 +27,74 @@ def _logits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"  # skips DeepSpeed's probing and its warning
+    from torch_ref.train.run import train
+
+    return train(args)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is a one-line message and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="torch-ref", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="torch-ref", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("logits", help="fp32 logits of an HF model on a saved batch")
     p.add_argument("model", help="Hugging Face model directory")
     p.add_argument("--batch", required=True, help=".npz with input_ids, attention_mask, positions")
     p.add_argument("--out", required=True, help=".npy file for the logits")
     p.set_defaults(run=_logits)
+
+    p = sub.add_parser("train", help="SFT on PyTorch/DeepSpeed, the reference for jax-sft train")
+    p.add_argument("config", nargs="?", help="YAML run config (omit for all defaults)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="A.B=VALUE",
+        help="override one config field (repeatable; the value is read as YAML)",
+    )
+    p.add_argument(
+        "--deepspeed_config",
+        help="take batch sizes, optimizer, schedule, clipping, precision and ZeRO stage "
+        "from a DeepSpeed JSON config (read as jax-sft train reads it)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an output directory without checkpoint"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="require a checkpoint in the output directory"
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.set_defaults(run=_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.run(args)
     except UserError as err:
         print(f"torch-ref: error: {err}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as err:
+        if err.name not in TORCH_PACKAGES:
+            raise
+        print(
+            f"torch-ref: error: {err.name} is not installed; install the torch extra: "
+            "pip install -e '.[torch]'",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -91,10 +91,11 @@ def run_sides(config: Path, out: Path, procs: int) -> None:
         "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
         f"--xla_force_host_platform_device_count={procs}".strip(),
     }
+    mesh = ["--set", f"parallel.data={procs}", "--overwrite"]
     jax_argv = [sys.executable, "-m", "jax_sft.cli", "train", str(config)]
-    jax_argv += ["--set", f"train.output_dir={out / 'jax'}", "--set", f"parallel.data={procs}"]
-    _side("jax", [*jax_argv, "--overwrite"], jax_env, out / "jax.log")
-    torch_args = ["train", str(config), "--set", f"train.output_dir={out / 'torch'}", "--overwrite"]
+    jax_argv += ["--set", f"train.output_dir={out / 'jax'}", *mesh]
+    _side("jax", jax_argv, jax_env, out / "jax.log")
+    torch_args = ["train", str(config), "--set", f"train.output_dir={out / 'torch'}", *mesh]
     if procs > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs)]
         launcher += ["--master_port", str(_free_port()), "-m", "torch_ref.cli"]
@@ -135,7 +136,17 @@ def run(args: argparse.Namespace) -> int:
     )
     summary.update(passed=passed, rtol=args.rtol, param_atol=args.param_atol)
     (out / "parity.json").write_text(json.dumps(summary, indent=1) + "\n")
-    title = f"{cfg.model.path} · {args.steps} steps · {args.torch_procs} process(es)"
+    trained = (
+        f"sparse {cfg.sparse.method}"
+        if cfg.sparse.method != "none"
+        else f"LoRA r={cfg.lora.rank}"
+        if cfg.lora.rank
+        else "dense"
+    )
+    title = (
+        f"{Path(args.config).name}: {trained}, {cfg.model.dtype}, ZeRO-{cfg.parallel.zero_stage}, "
+        f"{args.torch_procs} process(es)"
+    )
     plot(out / "parity.png", summary["steps"], summary["loss_jax"], summary["loss_torch"], title)
     verdict = "within" if passed else "OUTSIDE"
     lines = [

@@ -105,7 +105,9 @@ class SparseTraining:
             return None
         values = jax.tree.leaves(trained["values"])
         if self.regularization == "l1":
-            total = sum(jnp.sum(jnp.abs(v)) for v in values)
+            # sign(v) * v is |v| with subgradient 0 at 0 (jnp.abs has +1 there): a delta
+            # still at zero is not pushed off it by the penalty.
+            total = sum(jnp.sum(jnp.sign(v) * v) for v in values)
         else:
             total = sum(jnp.sum(jnp.square(v)) for v in values)
         return self.reg_weight * total

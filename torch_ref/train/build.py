@@ -1,0 +1,125 @@
+"""The trainable module of a run: base, adapter start, vocabulary, sparse or LoRA mode.
+
+The same steps, in the same order, as the JAX engine's start-up: read the base (and its
+fingerprint for sparse runs), continue or merge an adapter, prepare the tokenizer, grow
+the vocabulary, then make what trains: every parameter (dense), delta values (sparse)
+or LoRA factors. Rank 0 calls `build` again at export time and loads the trained values
+into the fresh module, which works alike for every ZeRO stage and precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import deepspeed
+import torch
+
+from interop.config import RunConfig
+from interop.data.tokenizer import load_tokenizer, prepare_tokenizer
+from interop.errors import UserError
+from torch_ref.train import lora, sparse
+from torch_ref.train.model import (
+    Source,
+    StoredWeights,
+    checked_sparse_adapter,
+    load_hf_model,
+    max_positions,
+    merge_adapter,
+    resize_vocab,
+    resolve_source,
+)
+
+
+@dataclass
+class Built:
+    model: torch.nn.Module
+    tokenizer: object
+    eot: str
+    source: Source
+    mode: str  # "dense" | "sparse" | "lora"
+    base_fingerprint: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _mode(cfg: RunConfig) -> str:
+    if cfg.sparse.method != "none":
+        return "sparse"
+    return "lora" if cfg.lora.rank > 0 else "dense"
+
+
+def build(cfg: RunConfig) -> Built:
+    """The run's trainable module (on the CPU, float32) and its prepared tokenizer."""
+    _check_dtype(cfg.model.dtype)
+    if cfg.model.dropout:
+        raise UserError("model.dropout: the JAX backend has no dropout; use 0 on both sides")
+    mode = _mode(cfg)
+    source = resolve_source(cfg)
+    model, notes = load_hf_model(source.model_dir)
+    stored = StoredWeights(source.model_dir, model)
+    base_fp = stored.fingerprint() if mode == "sparse" else None
+    deltas = None
+    if mode == "sparse":
+        sparse.check_supported(cfg, source.adapter_kind == "sparse-adapter")
+        deltas = checked_sparse_adapter(source.adapter, source.model_dir, stored)
+        count = sum(idx.size for idx, _ in deltas.values())
+        notes.append(
+            f"continuing the {count} entries of {source.adapter}; sparse.method and the "
+            "budget do not choose them again"
+        )
+    elif source.adapter is not None and not (
+        mode == "lora" and source.adapter_kind == "lora-adapter"
+    ):
+        merge_adapter(model, source, stored)
+    tok_dir = Path(cfg.data.tokenizer) if cfg.data.tokenizer else source.model_dir
+    tok, eot = prepare_tokenizer(
+        load_tokenizer(tok_dir),
+        model.config.model_type,
+        eot_token=cfg.data.eot_token,
+        add_eot_token=cfg.data.add_eot_token,
+    )
+    resize_vocab(model, len(tok), stored)
+    limit = max_positions(model.config)
+    if cfg.data.max_seq_len > limit:
+        raise UserError(
+            f"data.max_seq_len: {cfg.data.max_seq_len} is beyond the model's {limit} positions"
+        )
+    if cfg.model.remat:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if mode == "sparse":
+        _refuse_tied(model, deltas)
+        sparse.attach(model, deltas)
+    elif mode == "lora":
+        lora_adapter = source.adapter if source.adapter_kind == "lora-adapter" else None
+        model = lora.attach(model, cfg, lora_adapter)
+        if lora_adapter is not None:
+            notes.append(f"continuing the LoRA factors of {lora_adapter}")
+    return Built(model, tok, eot, source, mode, base_fp, [*source.notes, *notes])
+
+
+def _check_dtype(dtype: str) -> None:
+    """DeepSpeed's accelerator must support the compute dtype (its cpu one has no fp16)."""
+    accelerator = deepspeed.get_accelerator()
+    supported = {
+        "float32": True,
+        "bfloat16": accelerator.is_bf16_supported(),
+        "float16": accelerator.is_fp16_supported(),
+    }
+    if not supported[dtype]:
+        raise UserError(
+            f"model.dtype: {dtype} is not supported by DeepSpeed on this device "
+            f"({accelerator.device_name()})"
+        )
+
+
+def _refuse_tied(model: torch.nn.Module, deltas: dict) -> None:
+    """A delta on a weight shared by two modules (tied embeddings) would reach one of them."""
+    head = model.get_output_embeddings()
+    if head is None or head.weight is not model.get_input_embeddings().weight:
+        return
+    for name in deltas:
+        if model.get_parameter(name) is head.weight:
+            raise UserError(
+                f"sparse adapter: {name} is tied to the output head; deltas on tied "
+                "embeddings are not supported by the PyTorch reference"
+            )

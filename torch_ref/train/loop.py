@@ -1,0 +1,245 @@
+"""The reference training loop: DeepSpeed engine, one optimizer step per global batch.
+
+Loss scaling under DeepSpeed. The JAX step sums token losses over every micro-batch of
+the global batch (all accumulation steps, all data-parallel ranks) and divides by N, the
+number of scored tokens in that whole global batch. DeepSpeed instead (a) divides each
+`engine.backward` loss by the accumulation steps and (b) averages gradients over the dp
+ranks. We switch (a) off (`scale_wrt_gas=False`) and feed each micro-batch's
+`sum of token losses * dp / N`; (b) then divides the dp-sum by dp, so the gradient that
+reaches the optimizer is exactly d(sum over the global batch / N). The logged loss is
+the all-reduced sum / N. A sparse regularization penalty is added to the first
+micro-batch's loss on every rank, so it enters the averaged gradient once, as the JAX
+step adds its gradient after averaging (it is not part of the logged loss there either).
+
+grad_norm is the global norm of that averaged gradient before clipping, as the JAX
+metric: DeepSpeed's ZeRO and mixed-precision optimizers record it during `step`; with
+ZeRO-0 in fp32 the client optimizer runs unwrapped and records none, so we compute it
+from `param.grad` after the boundary all-reduce and before `step` clips.
+
+The loop itself (when to log, save, evaluate; metrics rows; the NaN stop) mirrors
+`jax_sft.train.engine.Engine.fit`, so both backends write the same rows.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import deepspeed
+import torch
+
+from interop.config import RunConfig
+from interop.data.batches import Batches
+from interop.errors import UserError
+from interop.schedules import learning_rate
+from torch_ref.train import distributed, sparse
+from torch_ref.train.build import Built
+from torch_ref.train.data import load_batches, micro_batches, rows
+from torch_ref.train.ds_config import ds_config
+from torch_ref.train.loss import forward_loss
+from torch_ref.train.metrics import MetricsLog
+from torch_ref.train.optimizer import make_optimizer, make_scheduler
+
+TAG = re.compile(r"step_(\d+)$")
+
+
+class Trainer:
+    """One fine-tuning run on the DeepSpeed engine."""
+
+    def __init__(self, cfg: RunConfig, built: Built):
+        self.cfg = cfg
+        self.out = Path(cfg.train.output_dir)
+        self.dp, self.rank = distributed.world_size(), distributed.rank()
+        self.batches, self.eval_batches = load_batches(cfg, built.tokenizer, built.eot, self.dp)
+        t = cfg.train
+        self.total_steps = t.max_steps or t.epochs * self.batches.steps_per_epoch
+        optimizer = make_optimizer(built.model, cfg)
+        if not optimizer.param_groups:
+            raise UserError("the run has no trainable parameters")
+        scheduler = make_scheduler(optimizer, cfg, self.total_steps)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=built.model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=ds_config(cfg, self.dp, persistent_numel=sparse.penalty_numel(built.model, cfg)),
+        )
+        self.own_norm = self.engine.optimizer is optimizer  # ZeRO-0 fp32: unwrapped
+        self.step = 0
+        self.log: MetricsLog | None = None
+        self._last_logged: dict = {}
+        self._last_flush = time.monotonic()
+
+    # -- one step, evaluation, checkpoints -------------------------------------------------
+
+    def lr(self, step: int) -> float:
+        c = self.cfg
+        return learning_rate(step, c.optim.learning_rate, c.schedule, self.total_steps)
+
+    def train_batch(self) -> dict:
+        """One optimizer step on the run's next global batch; its metrics."""
+        t = self.cfg.train
+        batch = self.batches.batch(self.step)
+        tokens = Batches.loss_tokens(batch)
+        scale = self.dp / max(tokens, 1)
+        parts = micro_batches(
+            batch,
+            t.gradient_accumulation_steps,
+            t.micro_batch_size,
+            self.dp,
+            self.rank,
+            self.engine.device,
+        )
+        loss_sum, grad_norm = 0.0, None
+        for a, mb in enumerate(parts):
+            total, _ = forward_loss(self.engine, mb)
+            loss = total * scale
+            penalty = sparse.penalty(self.engine.module, self.cfg) if a == 0 else None
+            if penalty is not None:
+                loss = loss + penalty
+            self.engine.backward(loss, scale_wrt_gas=False)
+            loss_sum += float(total.detach())
+            if a == len(parts) - 1 and self.own_norm:
+                grad_norm = self._grad_norm()
+            self.engine.step()
+        if grad_norm is None:
+            grad_norm = float(self.engine.get_global_grad_norm())
+        lr = self.lr(self.step)
+        self.step += 1
+        (loss_sum,) = distributed.all_sum([loss_sum])
+        return {
+            "loss": loss_sum / max(tokens, 1),
+            "grad_norm": grad_norm,
+            "tokens": tokens,
+            "lr": lr,
+        }
+
+    def _grad_norm(self) -> float:
+        squares = [
+            p.grad.detach().double().square().sum()
+            for p in self.engine.module.parameters()
+            if p.grad is not None
+        ]
+        return math.sqrt(float(sum(squares)))
+
+    def evaluate(self) -> dict[str, float]:
+        """Eval loss and perplexity, as `Engine.evaluate` computes them."""
+        if self.eval_batches is None:
+            return {}
+        size = self.eval_batches.batch_size // self.dp
+        sums, counts = [], []
+        with torch.no_grad():
+            for i in range(self.eval_batches.steps_per_epoch):
+                mb = rows(self.eval_batches.batch(i), self.rank * size, size, self.engine.device)
+                total, count = forward_loss(self.engine.module, mb)
+                s, n = distributed.all_sum([float(total), float(count)])
+                sums.append(s)
+                counts.append(n)
+        if self.cfg.logging.style == "dschat":
+            loss = sum(s / max(n, 1) for s, n in zip(sums, counts, strict=True)) / len(sums)
+        else:
+            loss = sum(sums) / max(sum(counts), 1)
+        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 700.0))}
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def save_checkpoint(self) -> None:
+        """A DeepSpeed checkpoint tagged step_N; only the newest keep_checkpoints stay."""
+        self.engine.save_checkpoint(
+            str(self.checkpoint_dir), tag=f"step_{self.step}", client_state={"step": self.step}
+        )
+        if distributed.is_main():
+            tags = sorted(
+                (int(m.group(1)), p)
+                for p in self.checkpoint_dir.iterdir()
+                if (m := TAG.match(p.name)) and p.is_dir()
+            )
+            for _, old in tags[: -self.cfg.train.keep_checkpoints]:
+                shutil.rmtree(old)
+        distributed.barrier()
+
+    def load_checkpoint(self) -> int | None:
+        """Restore the latest checkpoint of the output directory; its step (None: none)."""
+        if not (self.checkpoint_dir / "latest").is_file():
+            return None
+        path, client = self.engine.load_checkpoint(str(self.checkpoint_dir))
+        if path is None:
+            raise UserError(f"{self.checkpoint_dir}: cannot load the latest DeepSpeed checkpoint")
+        self.step = int(client["step"])
+        return self.step
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _report_eval(self, printer: Callable[[dict], None]) -> dict:
+        result = self.evaluate()
+        if result:
+            self.log.write({"step": self.step, **result})
+            if distributed.is_main():
+                printer(result)
+        return result
+
+    def fit(self, printer: Callable[[dict], None]) -> dict:
+        """Train to the end (resuming from the latest checkpoint if there is one)."""
+        t, lg = self.cfg.train, self.cfg.logging
+        tb = Path(lg.tensorboard_dir or self.out / "tensorboard") if lg.tensorboard else None
+        self.log = MetricsLog(
+            self.out / "metrics.jsonl", tensorboard_dir=tb, enabled=distributed.is_main()
+        )
+        try:
+            resumed = self.load_checkpoint()
+            self.log.truncate_after(resumed or 0)
+            first_eval = self._report_eval(printer) if resumed is None else {}
+            last_eval, pending, last_good = first_eval, [], resumed
+            self._last_flush = time.monotonic()
+            steps_per_epoch = self.batches.steps_per_epoch
+            while self.step < self.total_steps:
+                pending.append((self.step + 1, self.train_batch()))
+                done = self.step
+                boundary = done % steps_per_epoch == 0
+                final = done == self.total_steps
+                save = bool(t.save_every and done % t.save_every == 0) or final
+                if done % t.log_every == 0 or save or boundary:
+                    self._flush(pending, last_good)
+                    pending = []
+                if save:
+                    self.save_checkpoint()
+                    last_good = done
+                if (t.eval_every and done % t.eval_every == 0) or boundary or final:
+                    last_eval = self._report_eval(printer)
+        finally:
+            self.log.close()
+        return {
+            "steps": self.step,
+            "first_eval": first_eval,
+            "last_eval": last_eval,
+            **self._last_logged,
+        }
+
+    def _flush(self, pending: list[tuple[int, dict]], last_good: int | None) -> None:
+        """Log the pending steps' metrics; stop on a NaN loss."""
+        now = time.monotonic()
+        rate = sum(m["tokens"] for _, m in pending) / max(now - self._last_flush, 1e-9)
+        self._last_flush = now
+        for step, m in pending:
+            if not math.isfinite(m["loss"]):
+                where = (
+                    f"the last good checkpoint is step {last_good} in {self.checkpoint_dir}"
+                    if last_good
+                    else "no checkpoint was saved"
+                )
+                raise UserError(f"training diverged: loss is {m['loss']} at step {step}; {where}")
+            entry = {
+                "step": step,
+                "loss": m["loss"],
+                "lr": m["lr"],
+                "grad_norm": m["grad_norm"],
+                "tokens": m["tokens"],
+                "tokens_per_s": rate,
+            }
+            self.log.write(entry)
+            self._last_logged = entry

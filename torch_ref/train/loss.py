@@ -1,0 +1,38 @@
+"""Causal-LM cross entropy, summed, with the count it is averaged over.
+
+The same definition as `jax_sft/train/loss.py`: HF-convention labels (aligned with the
+inputs, -100 ignored) shifted here, so position t predicts label t+1; the loss of a
+global batch is the sum over all its micro-batches and ranks divided by the number of
+scored tokens in the whole global batch (`interop.data.batches.Batches.loss_tokens`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+def loss_sum_and_count(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(sum of token NLLs in float32, number of scored tokens)."""
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    total = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
+    )
+    return total, int((targets != IGNORE).sum())
+
+
+def forward_loss(model: torch.nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(sum of token losses, scored tokens) of one micro-batch."""
+    out = model(
+        input_ids=mb["input_ids"],
+        attention_mask=mb["attention_mask"],
+        position_ids=mb["positions"],
+        use_cache=False,
+    )
+    return loss_sum_and_count(out.logits, mb["labels"])

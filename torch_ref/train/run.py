@@ -1,0 +1,129 @@
+"""`torch-ref train`: config layers, the output directory's rules, train, export.
+
+The config is read as `jax-sft train` reads it: the YAML, a ds.json (if any) laid over it
+by `interop.frontends.deepspeed_json`, `--set` over both. The data-parallel size is the
+number of processes (`torchrun --nproc_per_node P`); `parallel.data`/`fsdp` describe a
+JAX mesh and only earn a note when they disagree; tensor parallelism is refused.
+An output directory holding a DeepSpeed checkpoint is resumed; one holding anything
+else is refused unless `--overwrite` (which keeps a cached tiny `base/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import deepspeed
+import transformers
+
+from interop.config import RunConfig, load_config
+from interop.errors import UserError
+from interop.frontends.deepspeed_json import overrides_from_deepspeed
+from interop.report import emit
+from torch_ref.train import distributed
+from torch_ref.train.build import build
+from torch_ref.train.export import export
+from torch_ref.train.loop import Trainer
+
+KEEP_ON_OVERWRITE = ("base",)
+
+
+def run_config(args: argparse.Namespace, dp: int) -> tuple[RunConfig, list[str]]:
+    """YAML, then the DeepSpeed JSON (if any) over it, then `--set` over both; notes."""
+    layers, notes = [], []
+    if args.deepspeed_config:
+        ds, notes = overrides_from_deepspeed(Path(args.deepspeed_config), data_parallel_size=dp)
+        layers.append((args.deepspeed_config, ds))
+    cfg = load_config(args.config, args.overrides, layers)
+    p = cfg.parallel
+    if p.tensor != 1:
+        raise UserError(
+            f"parallel.tensor: {p.tensor}; the PyTorch reference has no tensor parallelism"
+        )
+    if p.data != -1 and p.data * p.fsdp != dp:
+        notes.append(
+            f"parallel.data x parallel.fsdp is {p.data * p.fsdp}, but DeepSpeed's data-parallel "
+            f"size is the number of processes, {dp}"
+        )
+    return cfg, notes
+
+
+def check_output(out: Path, *, overwrite: bool, resume: bool) -> None:
+    """`jax_sft.train.run.prepare_output`'s rules, for DeepSpeed checkpoints (no changes)."""
+    checkpoints = out / "checkpoints"
+    has_checkpoint = checkpoints.is_dir() and any(checkpoints.iterdir())
+    if resume and not has_checkpoint:
+        raise UserError(f"--resume: {out} holds no checkpoint")
+    if overwrite or not out.exists():
+        return
+    if not has_checkpoint:
+        if any(c.name not in KEEP_ON_OVERWRITE for c in out.iterdir()):
+            raise UserError(
+                f"train.output_dir: {out} exists and holds no checkpoint to resume; "
+                "pass --overwrite to replace it"
+            )
+    elif not (checkpoints / "latest").is_file():
+        raise UserError(
+            f"train.output_dir: {checkpoints} holds no DeepSpeed checkpoint (no 'latest' "
+            "file); pass --overwrite to replace it"
+        )
+
+
+def clear_output(out: Path, *, overwrite: bool) -> None:
+    """With `overwrite`, empty `out` but for a cached tiny base; create it."""
+    if overwrite and out.exists():
+        for child in out.iterdir():
+            if child.name not in KEEP_ON_OVERWRITE:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def eval_printer(style: str):
+    """DeepSpeed-Chat's `ppl: .., loss: ..` or a labelled line, as `jax-sft train`."""
+
+    def show(result: dict) -> None:
+        if style == "dschat":
+            print(f"ppl: {result['eval_ppl']}, loss: {result['eval_loss']}", flush=True)
+        else:
+            print(f"eval: loss {result['eval_loss']:.4f}  ppl {result['eval_ppl']:.3f}", flush=True)
+
+    return show
+
+
+def train(args: argparse.Namespace) -> int:
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated")
+    distributed.initialize()
+    main = distributed.is_main()
+    cfg, notes = run_config(args, distributed.world_size())
+    out = Path(cfg.train.output_dir)
+    created = not out.exists()
+    check_output(out, overwrite=args.overwrite, resume=args.resume)  # every rank, or none
+    distributed.barrier()
+    if main:
+        clear_output(out, overwrite=args.overwrite)
+    distributed.barrier()
+    try:
+        built = build(cfg)
+        trainer = Trainer(cfg, built)
+    except UserError:
+        if created and main and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a refused run leaves no trace
+        raise
+    for note in [*notes, *built.notes] if main else ():
+        print(f"note: {note}", file=sys.stderr)
+    summary = trainer.fit(eval_printer(cfg.logging.style))
+    export(trainer)
+    summary["output_dir"] = str(out)
+    last = summary.get("last_eval") or {}
+    lines = [f"trained {summary['steps']} steps; final model: {out}/hf"]
+    if last:
+        lines.append(f"eval loss {last['eval_loss']:.4f}, ppl {last['eval_ppl']:.3f}")
+    if main:
+        emit(lines, summary, args.json)
+    return 0
