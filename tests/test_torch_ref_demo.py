@@ -1,0 +1,37 @@
+"""`torch-ref train` on the demo config reaches `jax-sft train`'s eval perplexity."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jax_sft import cli
+
+DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+
+
+def last_ppl(out: Path) -> float:
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "eval_ppl" in r][-1]["eval_ppl"]
+
+
+@pytest.mark.multiprocess
+def test_demo_eval_perplexity_within_one_percent(tmp_path):
+    jax_out, torch_out = tmp_path / "jax", tmp_path / "torch"
+    # One device, as `make demo` runs; the pretrained tiny base lands in jax_out/base.
+    argv = ["train", DEMO, "--set", f"train.output_dir={jax_out}", "--set", "parallel.data=1"]
+    assert cli.main([*argv, "--set", "train.save_every=null"]) == 0
+    torch_argv = [sys.executable, "-m", "torch_ref.cli", "train", DEMO]
+    for setting in (
+        f"model.path={jax_out / 'base' / 'hf'}",
+        "model.tiny=null",
+        f"train.output_dir={torch_out}",
+    ):
+        torch_argv += ["--set", setting]
+    proc = subprocess.run(torch_argv, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jax_ppl, torch_ppl = last_ppl(jax_out), last_ppl(torch_out)
+    assert abs(jax_ppl - torch_ppl) / torch_ppl <= 0.01, (jax_ppl, torch_ppl)
+    assert jax_ppl < 10  # it trained: the base starts above 100
