@@ -20,3 +20,15 @@ def emit(lines: list[str], summary: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps({k: _plain(v) for k, v in summary.items()}))
     sys.stdout.flush()
+
+
+def eval_printer(style: str):
+    """How evaluations are shown: DeepSpeed-Chat's `ppl: .., loss: ..` or a labelled line."""
+
+    def show(result: dict) -> None:
+        if style == "dschat":
+            print(f"ppl: {result['eval_ppl']}, loss: {result['eval_loss']}", flush=True)
+        else:
+            print(f"eval: loss {result['eval_loss']:.4f}  ppl {result['eval_ppl']:.3f}", flush=True)
+
+    return show

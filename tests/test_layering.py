@@ -38,6 +38,8 @@ INTEROP = [
     "interop.lora_format",
     "interop.sparse_format",
     "interop.plots",
+    "interop.metrics_log",
+    "interop.arguments",
 ]
 JAX_SFT = [
     "jax_sft.cli",

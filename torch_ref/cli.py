@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from interop.arguments import add_json, add_overrides
 from interop.errors import UserError
 
 TORCH_PACKAGES = ("torch", "deepspeed", "peft")
@@ -55,14 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="SFT on PyTorch/DeepSpeed, the reference for jax-sft train")
     p.add_argument("config", nargs="?", help="YAML run config (omit for all defaults)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="A.B=VALUE",
-        help="override one config field (repeatable; the value is read as YAML)",
-    )
+    add_overrides(p)
     p.add_argument(
         "--deepspeed_config",
         help="take batch sizes, optimizer, schedule, clipping, precision and ZeRO stage "
@@ -74,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", action="store_true", help="require a checkpoint in the output directory"
     )
-    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    add_json(p)
     p.set_defaults(run=_train)
     return parser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from interop.checkpoints.hf import is_hf_dir
@@ -36,3 +37,16 @@ def detect_format(path: str | Path) -> str:
     raise UserError(
         f"{p}: not a recognised checkpoint (expected a Hugging Face or Orbax directory)"
     )
+
+
+def adapter_base(adapter: Path, base: str | None) -> Path:
+    """The base model an adapter (sparse or peft LoRA) applies to: `base` if given, else
+    the one its config names."""
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    named = base or config.get("base_model") or config.get("base_model_name_or_path")
+    if not named or not Path(named).exists() or detect_format(named).endswith("adapter"):
+        raise UserError(
+            f"model.base: name the base model that {adapter} was trained on "
+            f"(its config names {named!r})"
+        )
+    return Path(named)

@@ -6,7 +6,6 @@ table one at a time; Orbax trees are checked against the shapes the config impli
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -91,19 +90,6 @@ def write_checkpoint(
         )
     else:
         raise UserError(f"--to: unknown format '{fmt}' (supported: {', '.join(FORMATS)})")
-
-
-def adapter_base(adapter: Path, base: str | None) -> Path:
-    """The base model an adapter (sparse or peft LoRA) applies to: `base` if given, else
-    the one its config names."""
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    named = base or config.get("base_model") or config.get("base_model_name_or_path")
-    if not named or not Path(named).exists() or detect_format(named).endswith("adapter"):
-        raise UserError(
-            f"model.base: name the base model that {adapter} was trained on "
-            f"(its config names {named!r})"
-        )
-    return Path(named)
 
 
 def checked_adapter(

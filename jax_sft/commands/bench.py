@@ -18,9 +18,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from interop.arguments import add_json, add_overrides
 from interop.config import load_config
 from interop.report import emit
-from jax_sft.commands.arguments import add_json, add_overrides
 from jax_sft.models.flops import train_flops_per_token
 from jax_sft.train.run import initialize
 

@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from interop.arguments import add_json
 from interop.errors import BackendError, UserError
 from interop.probe import max_abs_diff, max_abs_logit_diff, probe_batch
 from interop.report import emit
 from jax_sft.checkpoints.loading import read_checkpoint
-from jax_sft.commands.arguments import add_json
 from jax_sft.models import registry
 
 ENGINES = ("auto", "jax", "torch")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from interop.arguments import add_json, add_overrides
 from interop.config import dump_config, load_config
-from jax_sft.commands.arguments import add_json, add_overrides
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

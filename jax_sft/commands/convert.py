@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from interop.arguments import add_json
 from interop.checkpoints.formats import detect_format
 from interop.errors import UserError
 from interop.outputs import output_dir
 from interop.report import emit
 from jax_sft.checkpoints.loading import FORMATS, merged_adapter, read_checkpoint, write_checkpoint
-from jax_sft.commands.arguments import add_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -17,9 +17,8 @@ import numpy as np
 
 from interop.config import RunConfig
 from interop.frontends.dschat import run_config_from_dschat
-from interop.report import emit
+from interop.report import emit, eval_printer
 from jax_sft.checkpoints.loading import read_checkpoint, write_checkpoint
-from jax_sft.commands.train import eval_printer
 from jax_sft.train.run import train
 
 

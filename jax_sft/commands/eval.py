@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from interop.arguments import add_json, add_overrides
 from interop.config import load_config
 from interop.errors import UserError
 from interop.report import emit
-from jax_sft.commands.arguments import add_json, add_overrides
 from jax_sft.train.run import initialize
 
 

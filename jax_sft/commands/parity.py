@@ -23,11 +23,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from interop.arguments import add_json, add_overrides
 from interop.config import RunConfig, dump_config, load_config, with_sections
 from interop.errors import BackendError, UserError
 from interop.parity import compare_losses, compare_params, final_eval, plot, step_losses
 from interop.report import emit
-from jax_sft.commands.arguments import add_json, add_overrides
 from jax_sft.train.base_model import ensure_base
 from jax_sft.train.run import initialize, prepare_output
 

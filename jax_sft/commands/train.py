@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from interop.arguments import add_json, add_overrides
 from interop.config import RunConfig, load_config
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
-from interop.report import emit
-from jax_sft.commands.arguments import add_json, add_overrides
+from interop.report import emit, eval_printer
 from jax_sft.sharding import distributed
 from jax_sft.sharding.mesh import data_parallel_size, make_mesh
 from jax_sft.train.run import train
@@ -44,18 +44,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-processes", type=int, help="processes in the run (else from the env)")
     p.add_argument("--process-id", type=int, help="this process's index (else from the env)")
     p.set_defaults(run=run)
-
-
-def eval_printer(style: str):
-    """How evaluations are shown: DeepSpeed-Chat's `ppl: .., loss: ..` or a labelled line."""
-
-    def show(result: dict) -> None:
-        if style == "dschat":
-            print(f"ppl: {result['eval_ppl']}, loss: {result['eval_loss']}", flush=True)
-        else:
-            print(f"eval: loss {result['eval_loss']:.4f}  ppl {result['eval_ppl']:.3f}", flush=True)
-
-    return show
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:

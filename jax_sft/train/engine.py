@@ -16,18 +16,18 @@ import jax
 import numpy as np
 from flax import nnx
 
-from interop.checkpoints.formats import detect_format
+from interop.checkpoints.formats import adapter_base, detect_format
 from interop.config import RunConfig
 from interop.data.batches import Batches
 from interop.data.pipeline import build_datasets
 from interop.data.tokenizer import load_tokenizer, prepare_tokenizer
 from interop.errors import UserError
 from interop.lora_format import scaling
+from interop.metrics_log import MetricsLog
 from interop.outputs import output_dir
 from interop.schedules import learning_rate
 from interop.sparse_format import fingerprint, merge_into, write_adapter
 from jax_sft.checkpoints.loading import (
-    adapter_base,
     checked_adapter,
     deltas_in_our_layout,
     read_checkpoint,
@@ -47,7 +47,6 @@ from jax_sft.sparse.fisher import fisher_scores
 from jax_sft.sparse.select import dense_leaves, select, targets
 from jax_sft.sparse.spiel import Spiel
 from jax_sft.train.checkpointing import Checkpoints
-from jax_sft.train.metrics import MetricsLog
 from jax_sft.train.optimizer import make_optimizer
 from jax_sft.train.step import init_state, make_eval_step, make_train_step
 from jax_sft.train.trainable import DENSE, SparseTraining

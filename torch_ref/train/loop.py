@@ -35,13 +35,13 @@ import torch
 from interop.config import RunConfig
 from interop.data.batches import Batches
 from interop.errors import UserError
+from interop.metrics_log import MetricsLog
 from interop.schedules import learning_rate
 from torch_ref.train import distributed, sparse
 from torch_ref.train.build import Built
 from torch_ref.train.data import load_batches, micro_batches, rows
 from torch_ref.train.ds_config import ds_config
 from torch_ref.train.loss import forward_loss
-from torch_ref.train.metrics import MetricsLog
 from torch_ref.train.optimizer import make_optimizer, make_scheduler
 
 TAG = re.compile(r"step_(\d+)$")

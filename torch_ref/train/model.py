@@ -18,7 +18,6 @@ What the JAX engine does at start-up, done on a `transformers` model:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 import transformers
 
-from interop.checkpoints.formats import detect_format
+from interop.checkpoints.formats import adapter_base, detect_format
 from interop.checkpoints.hf import HFCheckpointReader, is_hf_dir
 from interop.config import RunConfig
 from interop.errors import UserError
@@ -68,18 +67,6 @@ def resolve_source(cfg: RunConfig) -> Source:
     if kind not in ADAPTER_KINDS:
         return Source(path)
     return Source(adapter_base(path, cfg.model.base), path, kind)
-
-
-def adapter_base(adapter: Path, base: str | None) -> Path:
-    """The base model an adapter applies to: `base` if given, else the one it names."""
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    named = base or config.get("base_model") or config.get("base_model_name_or_path")
-    if not named or not Path(named).exists() or detect_format(named).endswith("adapter"):
-        raise UserError(
-            f"model.base: name the base model that {adapter} was trained on "
-            f"(its config names {named!r})"
-        )
-    return Path(named)
 
 
 def _is_dropout(key: str, value: object) -> bool:

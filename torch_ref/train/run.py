@@ -23,7 +23,7 @@ import transformers
 from interop.config import RunConfig, load_config
 from interop.errors import UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
-from interop.report import emit
+from interop.report import emit, eval_printer
 from torch_ref.train import distributed
 from torch_ref.train.build import build
 from torch_ref.train.export import export
@@ -80,18 +80,6 @@ def clear_output(out: Path, *, overwrite: bool) -> None:
             if child.name not in KEEP_ON_OVERWRITE:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
-
-
-def eval_printer(style: str):
-    """DeepSpeed-Chat's `ppl: .., loss: ..` or a labelled line, as `jax-sft train`."""
-
-    def show(result: dict) -> None:
-        if style == "dschat":
-            print(f"ppl: {result['eval_ppl']}, loss: {result['eval_loss']}", flush=True)
-        else:
-            print(f"eval: loss {result['eval_loss']:.4f}  ppl {result['eval_ppl']:.3f}", flush=True)
-
-    return show
 
 
 def train(args: argparse.Namespace) -> int:

@@ -15,7 +15,12 @@ from pathlib import Path
 
 class MetricsLog:
     def __init__(
-        self, path: Path, *, tensorboard_dir: Path | None, progress: bool, enabled: bool = True
+        self,
+        path: Path,
+        *,
+        tensorboard_dir: Path | None,
+        progress: bool = False,
+        enabled: bool = True,
     ):
         """`enabled=False` (processes other than 0) makes every call a no-op."""
         self.path = path
