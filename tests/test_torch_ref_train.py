@@ -6,6 +6,7 @@ with the JAX trainer is `jax-sft parity`'s business, not these tests'.
 """
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -309,3 +310,12 @@ def test_torch_ref_train_never_imports_jax():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_deepspeed_launchers_local_rank_flag_becomes_the_env(monkeypatch):
+    from torch_ref.cli import launcher_rank
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    argv = ["--local_rank=1", "train", "run.yaml", "--overwrite"]
+    assert launcher_rank(argv) == ["train", "run.yaml", "--overwrite"]
+    assert os.environ["LOCAL_RANK"] == "1"

@@ -73,8 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def launcher_rank(argv: list[str]) -> list[str]:
+    """`argv` without the `--local_rank=N` the `deepspeed` launcher puts first, which goes
+    to LOCAL_RANK (as torchrun sets it) instead."""
+    out, it = [], iter(argv)
+    for arg in it:
+        if arg.startswith("--local_rank="):
+            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
+        elif arg == "--local_rank":
+            os.environ.setdefault("LOCAL_RANK", next(it, "0"))
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
+        argv = launcher_rank(sys.argv[1:] if argv is None else argv)
         args = build_parser().parse_args(argv)
         return args.run(args)
     except UserError as err:
