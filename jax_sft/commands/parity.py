@@ -7,7 +7,8 @@ adapter (zero deltas on the chosen index sets; LoRA factors with B = 0), so both
 train exactly the same entries from exactly the same values. It writes the run's final
 config to `OUT/run.yaml`, then runs `jax-sft train` (on P virtual devices) and
 `torch-ref train` (under torchrun with P processes when P > 1) as subprocesses into
-`OUT/jax` and `OUT/torch`, and compares what they wrote (`interop.parity`):
+`OUT/jax` and `OUT/torch`, and compares what they wrote (`interop.parity`), ending with
+each framework's own forward pass of its own final weights on the probe batch (logits):
 `OUT/parity.json`, `OUT/parity.png`. A torch side that cannot run is reported as such,
 with its stderr tail, never as a parity failure.
 """
@@ -27,7 +28,10 @@ from interop.arguments import add_json, add_overrides
 from interop.config import RunConfig, dump_config, load_config, with_sections
 from interop.errors import BackendError, UserError
 from interop.parity import compare_losses, compare_params, final_eval, plot, step_losses
+from interop.probe import max_abs_logit_diff, probe_batch
 from interop.report import emit
+from jax_sft.checkpoints.loading import read_checkpoint
+from jax_sft.commands.compare import jax_logits, torch_logits
 from jax_sft.train.base_model import ensure_base
 from jax_sft.train.run import initialize, prepare_output
 
@@ -112,8 +116,22 @@ def summarize(out: Path, steps: int, procs: int) -> dict:
     if len(losses["steps"]) != steps:
         raise BackendError(f"expected {steps} logged steps on each side, found {losses['steps']}")
     params = compare_params(out / "jax" / "hf", out / "torch" / "hf")
+    _, config, flat = read_checkpoint(out / "jax" / "hf")
+    batch = probe_batch(config["vocab_size"])
+    logit_diff = max_abs_logit_diff(
+        jax_logits(config, flat, batch),
+        torch_logits(out / "torch" / "hf", batch),
+        batch["attention_mask"],
+    )
     evals = {side: final_eval(out / side / "metrics.jsonl") for side in ("jax", "torch")}
-    return {"steps": steps, "processes": procs, **losses, **params, "final_eval": evals}
+    return {
+        "steps": steps,
+        "processes": procs,
+        **losses,
+        **params,
+        "final_max_abs_logit_diff": logit_diff,
+        "final_eval": evals,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         f"max relative loss difference {summary['max_rel_loss_diff']:.3e} over {args.steps} "
         f"steps; final max |param diff| {summary['final_max_abs_param_diff']:.3e} "
-        f"({summary['worst_tensor']}); {verdict} rtol {args.rtol:g}, param atol "
+        f"({summary['worst_tensor']}); final max |logit diff| "
+        f"{summary['final_max_abs_logit_diff']:.3e}; {verdict} rtol {args.rtol:g}, param atol "
         f"{args.param_atol:g}",
         f"wrote {out / 'parity.json'} and {out / 'parity.png'}",
     ]
