@@ -46,3 +46,38 @@ def output_dir(dst: str | Path, overwrite: bool) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         old.unlink()
+
+
+# A run's output directory: kept on --overwrite (the cached tiny base model).
+KEEP_ON_OVERWRITE = ("base",)
+
+
+def has_checkpoint(out: Path) -> bool:
+    """Whether a run directory holds a checkpoint to resume (either backend's)."""
+    return (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+
+
+def check_run_dir(
+    out: Path, *, overwrite: bool, resume: bool, allow_existing: bool = False
+) -> None:
+    """Both trainers' rules for `train.output_dir`, changing nothing: a directory holding
+    a checkpoint is resumed; one holding anything else is refused unless `overwrite`
+    (or `allow_existing`: DeepSpeed-Chat's scripts create it and log into it first)."""
+    if resume and not has_checkpoint(out):
+        raise UserError(f"--resume: {out} holds no checkpoint")
+    if overwrite or allow_existing or not out.exists() or has_checkpoint(out):
+        return
+    if any(c.name not in KEEP_ON_OVERWRITE for c in out.iterdir()):
+        raise UserError(
+            f"train.output_dir: {out} exists and holds no checkpoint to resume; "
+            "pass --overwrite to replace it"
+        )
+
+
+def clear_run_dir(out: Path, *, overwrite: bool) -> None:
+    """With `overwrite`, empty `out` but for what `KEEP_ON_OVERWRITE` names; create it."""
+    if overwrite and out.exists():
+        for child in out.iterdir():
+            if child.name not in KEEP_ON_OVERWRITE:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ INTEROP = [
     "interop.plots",
     "interop.metrics_log",
     "interop.arguments",
+    "interop.vocab",
 ]
 JAX_SFT = [
     "jax_sft.cli",

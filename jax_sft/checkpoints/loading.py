@@ -92,14 +92,18 @@ def write_checkpoint(
         raise UserError(f"--to: unknown format '{fmt}' (supported: {', '.join(FORMATS)})")
 
 
+def base_fingerprint(hf_config: Mapping, flat: Mapping[str, np.ndarray]) -> str:
+    """The fingerprint a sparse adapter records of its base (over the HF tensors)."""
+    return fingerprint(ours_to_hf(registry.name_table(hf_config), flat))
+
+
 def checked_adapter(
-    adapter: Path, base: Path, hf_config: Mapping, flat: Mapping[str, np.ndarray]
+    adapter: Path, base: Path, base_fp: str
 ) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """(adapter config, {HF name: (indices, values)}) of a sparse adapter, refused unless
-    its base fingerprint is that of `flat` (the base `base`, our layout)."""
+    it was trained on the base `base`, whose fingerprint is `base_fp`."""
     adapter_config, deltas = read_adapter(adapter)
-    hf = ours_to_hf(registry.name_table(hf_config), flat)
-    if fingerprint(hf) != adapter_config.get("base_fingerprint"):
+    if base_fp != adapter_config.get("base_fingerprint"):
         raise UserError(
             f"{adapter}: trained on another base model than {base} (base_fingerprint differs)"
         )
@@ -142,7 +146,7 @@ def merged_adapter(adapter: Path, base: Path) -> tuple[dict, dict[str, np.ndarra
     _, config, flat = read_checkpoint(base)
     if detect_format(adapter) == "lora-adapter":
         return config, with_lora_merged(adapter, config, flat)
-    _, deltas = checked_adapter(adapter, base, config, flat)
+    _, deltas = checked_adapter(adapter, base, base_fingerprint(config, flat))
     for path, (indices, values) in deltas_in_our_layout(adapter, deltas, config).items():
         flat[path] = merge_into(flat[path], indices, values)
     return config, flat

@@ -17,7 +17,7 @@ targeted weight, so it costs one fp32 copy of the targeted weights while it runs
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,7 @@ from interop.config import SparseConfig
 from jax_sft.sharding.distributed import to_host
 from jax_sft.train.loss import scored_tokens
 from jax_sft.train.step import forward_loss
-from jax_sft.train.trainable import Mode, update_leaves
+from jax_sft.train.trainable import Mode, leaf_at, update_leaves
 
 
 def drop_fraction(step: int, total: int, initial: float) -> float:
@@ -74,7 +74,7 @@ def make_dense_grad(
 
     def fn(state: dict, batch: dict) -> dict:
         params = mode.params(state)
-        zeros = {p: jnp.zeros(_leaf(params, p).shape, jnp.float32) for p in targets}
+        zeros = {p: jnp.zeros(leaf_at(params, p).shape, jnp.float32) for p in targets}
 
         def loss(delta: dict, mb: dict) -> jax.Array:
             moved = update_leaves(
@@ -90,12 +90,6 @@ def make_dense_grad(
         return jax.tree.map(lambda g: g / denom, total)
 
     return jax.jit(fn)
-
-
-def _leaf(tree: Mapping, path: str):
-    for k in path.split("."):
-        tree = tree[int(k) if k.isdigit() else k]
-    return tree
 
 
 def adam_state(opt_state) -> optax.ScaleByAdamState:
@@ -146,16 +140,13 @@ class Spiel:
             return state
         rate = drop_fraction(done, self.total, self.cfg.drop_fraction)
         adam = adam_state(state["opt_state"])
-        host = jax.tree.map(
-            to_host,
-            {
-                "indices": state["indices"],
-                "values": state["trained"]["values"],
-                "mu": adam.mu["values"],
-                "nu": adam.nu["values"],
-                "grad": self._sum,
-            },
-        )
+        current = {
+            "indices": state["indices"],
+            "values": state["trained"]["values"],
+            "mu": adam.mu["values"],
+            "nu": adam.nu["values"],
+        }
+        host = jax.tree.map(to_host, {**current, "grad": self._sum})
         moved = {"indices": {}, "values": {}, "mu": {}, "nu": {}}
         swapped = 0
         for path, idx in host["indices"].items():
@@ -173,16 +164,7 @@ class Spiel:
                 moved[key][path] = array
         self._sum, self._seen = None, 0
         self.swapped.append(swapped)
-        placed = jax.tree.map(
-            _like,
-            moved,
-            {
-                "indices": state["indices"],
-                "values": state["trained"]["values"],
-                "mu": adam.mu["values"],
-                "nu": adam.nu["values"],
-            },
-        )
+        placed = jax.tree.map(_like, moved, current)
         adam = adam._replace(
             mu={**adam.mu, "values": placed["mu"]}, nu={**adam.nu, "values": placed["nu"]}
         )

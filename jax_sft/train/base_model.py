@@ -21,6 +21,7 @@ from interop.data.tokenizer import load_tokenizer, pydoc_texts, train_tokenizer
 from interop.errors import UserError
 from interop.outputs import output_dir
 from interop.tiny_configs import tiny_config
+from interop.vocab import padded_vocab
 from jax_sft.checkpoints.loading import write_checkpoint
 from jax_sft.models import registry
 
@@ -56,7 +57,7 @@ def ensure_base(cfg: RunConfig) -> Path:
     tok = load_tokenizer(root / "tokenizer")
     config = tiny_config(cfg.model.tiny)
     config.update(
-        vocab_size=8 * -(-len(tok) // 8),
+        vocab_size=padded_vocab(len(tok)),
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,

@@ -26,8 +26,10 @@ from interop.lora_format import scaling
 from interop.metrics_log import MetricsLog
 from interop.outputs import output_dir
 from interop.schedules import learning_rate
-from interop.sparse_format import fingerprint, merge_into, write_adapter
+from interop.sparse_format import merge_into, write_adapter
+from interop.vocab import max_positions
 from jax_sft.checkpoints.loading import (
+    base_fingerprint,
     checked_adapter,
     deltas_in_our_layout,
     read_checkpoint,
@@ -37,8 +39,7 @@ from jax_sft.checkpoints.loading import (
 from jax_sft.lora.peft_io import export_peft, import_peft
 from jax_sft.lora.training import LoraTraining, init_trained, lora_lr_scales
 from jax_sft.models import registry
-from jax_sft.models.hf_names import ours_to_hf
-from jax_sft.models.vocab import max_positions, resize_vocab
+from jax_sft.models.vocab import resize_vocab
 from jax_sft.sharding.distributed import barrier, is_main, to_host
 from jax_sft.sharding.mesh import check_heads, data_parallel_size, make_mesh
 from jax_sft.sharding.placement import build_placement
@@ -79,8 +80,8 @@ class Engine:
         tok_dir = Path(cfg.data.tokenizer) if cfg.data.tokenizer else model_dir
         _, hf_config, flat = read_checkpoint(model_dir)
         self.base_fingerprint = (
-            fingerprint(ours_to_hf(registry.name_table(hf_config), flat))
-            if cfg.sparse.method != "none"
+            base_fingerprint(hf_config, flat)
+            if cfg.sparse.method != "none" or self.adapter_kind == "sparse-adapter"
             else None
         )
         start = self._adapter_start(hf_config, flat)
@@ -220,7 +221,7 @@ class Engine:
                 return LoraTraining(scale=scaling(config)), lora
             flat.update(with_lora_merged(self.adapter, hf_config, flat))
         else:
-            _, deltas = checked_adapter(self.adapter, self.model_dir, hf_config, flat)
+            _, deltas = checked_adapter(self.adapter, self.model_dir, self.base_fingerprint)
             ours = deltas_in_our_layout(self.adapter, deltas, hf_config)
             if self.cfg.sparse.method != "none":
                 count = sum(idx.size for idx, _ in ours.values())

@@ -7,40 +7,24 @@ refused unless `overwrite` (which keeps the cached `base/`). The final model goe
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from interop.config import RunConfig, load_config
 from interop.errors import UserError
+from interop.outputs import check_run_dir, clear_run_dir
 from jax_sft.sharding.distributed import barrier, is_main
 from jax_sft.train.base_model import ensure_base
 from jax_sft.train.engine import Engine
-
-KEEP_ON_OVERWRITE = ("base",)
 
 
 def prepare_output(
     out: Path, *, overwrite: bool, resume: bool, allow_existing: bool = False
 ) -> None:
-    """Apply the output-directory rules; `allow_existing` writes beside files already there
-    (DeepSpeed-Chat's scripts create `--output_dir` and log into it before training)."""
-    has_checkpoint = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
-    if resume and not has_checkpoint:
-        raise UserError(f"--resume: {out} holds no checkpoint")
-    if overwrite and out.exists():
-        for child in out.iterdir():
-            if child.name not in KEEP_ON_OVERWRITE:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-    elif out.exists() and not has_checkpoint and not allow_existing:
-        leftovers = [c.name for c in out.iterdir() if c.name not in KEEP_ON_OVERWRITE]
-        if leftovers:
-            raise UserError(
-                f"train.output_dir: {out} exists and holds no checkpoint to resume; "
-                "pass --overwrite to replace it"
-            )
-    out.mkdir(parents=True, exist_ok=True)
+    """Apply the output-directory rules (`interop.outputs`), then clear and create it."""
+    check_run_dir(out, overwrite=overwrite, resume=resume, allow_existing=allow_existing)
+    clear_run_dir(out, overwrite=overwrite)
 
 
 def initialize(config: RunConfig | str | Path, model: str | Path | None = None) -> Engine:

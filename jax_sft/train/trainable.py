@@ -30,6 +30,13 @@ def _key(part: str) -> str | int:
     return int(part) if part.isdigit() else part
 
 
+def leaf_at(params: Mapping, path: str):
+    """The leaf of the nested `params` at a dotted path."""
+    for part in path.split("."):
+        params = params[_key(part)]
+    return params
+
+
 def update_leaves(params: Mapping, changes: Mapping[str, Callable]) -> dict:
     """A copy of the nested `params` where the leaf at each dotted path is `f(leaf)`."""
     out = dict(params)

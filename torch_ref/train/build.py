@@ -18,13 +18,13 @@ import torch
 from interop.config import RunConfig
 from interop.data.tokenizer import load_tokenizer, prepare_tokenizer
 from interop.errors import UserError
+from interop.vocab import max_positions
 from torch_ref.train import lora, sparse
 from torch_ref.train.model import (
     Source,
     StoredWeights,
     checked_sparse_adapter,
     load_hf_model,
-    max_positions,
     merge_adapter,
     resize_vocab,
     resolve_source,
@@ -79,7 +79,7 @@ def build(cfg: RunConfig) -> Built:
         add_eot_token=cfg.data.add_eot_token,
     )
     resize_vocab(model, len(tok), stored)
-    limit = max_positions(model.config)
+    limit = max_positions(model.config.to_dict())
     if cfg.data.max_seq_len > limit:
         raise UserError(
             f"data.max_seq_len: {cfg.data.max_seq_len} is beyond the model's {limit} positions"

@@ -32,6 +32,7 @@ from interop.errors import UserError
 from interop.lora_format import merge_lora
 from interop.lora_format import read_adapter as read_lora
 from interop.sparse_format import fingerprint, merge_into, read_adapter
+from interop.vocab import grown, padded_vocab
 
 ADAPTER_KINDS = ("sparse-adapter", "lora-adapter")
 
@@ -167,27 +168,19 @@ def merge_adapter(model: torch.nn.Module, source: Source, stored: StoredWeights)
     source.notes.append(f"training the base {source.model_dir} with {source.adapter} merged in")
 
 
-def max_positions(config: transformers.PretrainedConfig) -> int:
-    """The longest sequence the model's position scheme is configured for."""
-    return int(getattr(config, "n_positions", None) or config.max_position_embeddings)
-
-
 def resize_vocab(model: transformers.PreTrainedModel, n_tokens: int, stored: StoredWeights) -> None:
-    """Grow the vocabulary to the multiple of 8 that holds `n_tokens`; new rows = the
-    mean of the old rows in float64, rounded to the stored dtype."""
+    """Grow the vocabulary by the shared rule (`interop.vocab`), from the stored weights."""
     old = model.get_input_embeddings().weight.shape[0]
     if n_tokens <= old:
         return
-    new_size = 8 * -(-n_tokens // 8)
+    new_size = padded_vocab(n_tokens)
     weights = {}
     for module in (model.get_input_embeddings(), model.get_output_embeddings()):
         if module is None:
             continue
         name = next(n for n, p in model.named_parameters() if p is module.weight)
-        rows = module.weight.detach().numpy()
-        mean = rows.astype(np.float64).mean(axis=0, keepdims=True)
-        mean = mean.astype(stored.dtype(name)).astype(np.float32)
-        weights[name] = np.concatenate([rows, np.repeat(mean, new_size - old, axis=0)])
+        rows = module.weight.detach().numpy().astype(stored.dtype(name))
+        weights[name] = grown(rows, new_size, axis=0).astype(np.float32)
     model.resize_token_embeddings(new_size, mean_resizing=False)
     for name, array in weights.items():
         set_weight(model, name, array)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -23,13 +22,12 @@ import transformers
 from interop.config import RunConfig, load_config
 from interop.errors import UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
+from interop.outputs import check_run_dir, clear_run_dir, has_checkpoint
 from interop.report import emit, eval_printer
 from torch_ref.train import distributed
 from torch_ref.train.build import build
 from torch_ref.train.export import export
 from torch_ref.train.loop import Trainer
-
-KEEP_ON_OVERWRITE = ("base",)
 
 
 def run_config(args: argparse.Namespace, dp: int) -> tuple[RunConfig, list[str]]:
@@ -53,33 +51,14 @@ def run_config(args: argparse.Namespace, dp: int) -> tuple[RunConfig, list[str]]
 
 
 def check_output(out: Path, *, overwrite: bool, resume: bool) -> None:
-    """`jax_sft.train.run.prepare_output`'s rules, for DeepSpeed checkpoints (no changes)."""
+    """The shared output-directory rules, and a checkpoint to resume must be DeepSpeed's."""
+    check_run_dir(out, overwrite=overwrite, resume=resume)
     checkpoints = out / "checkpoints"
-    has_checkpoint = checkpoints.is_dir() and any(checkpoints.iterdir())
-    if resume and not has_checkpoint:
-        raise UserError(f"--resume: {out} holds no checkpoint")
-    if overwrite or not out.exists():
-        return
-    if not has_checkpoint:
-        if any(c.name not in KEEP_ON_OVERWRITE for c in out.iterdir()):
-            raise UserError(
-                f"train.output_dir: {out} exists and holds no checkpoint to resume; "
-                "pass --overwrite to replace it"
-            )
-    elif not (checkpoints / "latest").is_file():
+    if not overwrite and has_checkpoint(out) and not (checkpoints / "latest").is_file():
         raise UserError(
             f"train.output_dir: {checkpoints} holds no DeepSpeed checkpoint (no 'latest' "
             "file); pass --overwrite to replace it"
         )
-
-
-def clear_output(out: Path, *, overwrite: bool) -> None:
-    """With `overwrite`, empty `out` but for a cached tiny base; create it."""
-    if overwrite and out.exists():
-        for child in out.iterdir():
-            if child.name not in KEEP_ON_OVERWRITE:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -94,7 +73,7 @@ def train(args: argparse.Namespace) -> int:
     check_output(out, overwrite=args.overwrite, resume=args.resume)  # every rank, or none
     distributed.barrier()
     if main:
-        clear_output(out, overwrite=args.overwrite)
+        clear_run_dir(out, overwrite=args.overwrite)
     distributed.barrier()
     try:
         built = build(cfg)
