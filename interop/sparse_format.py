@@ -55,6 +55,19 @@ def read_adapter(path: Path) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarr
     return config, {n: (tensors[n + INDICES], tensors[n + VALUES]) for n in names}
 
 
+def checked_adapter(
+    adapter: Path, base: Path, base_fp: str
+) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """`read_adapter(adapter)`, refused unless it was trained on the base `base`, whose
+    `fingerprint` is `base_fp`."""
+    config, deltas = read_adapter(adapter)
+    if base_fp != config.get("base_fingerprint"):
+        raise UserError(
+            f"{adapter}: trained on another base model than {base} (base_fingerprint differs)"
+        )
+    return config, deltas
+
+
 def merge_into(base: np.ndarray, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
     """base + scatter_add(indices, values), in the base's dtype (what training computed)."""
     flat = np.array(base, copy=True).reshape(-1)

@@ -16,7 +16,7 @@ from interop.checkpoints.hf import HFCheckpointReader, read_hf_config, write_hf_
 from interop.errors import UserError
 from interop.lora_format import merge_lora
 from interop.lora_format import read_adapter as read_lora
-from interop.sparse_format import fingerprint, merge_into, read_adapter
+from interop.sparse_format import checked_adapter, fingerprint, merge_into
 from jax_sft.checkpoints.orbax_io import restore_orbax_model, save_orbax_model
 from jax_sft.models import registry
 from jax_sft.models.hf_names import hf_to_ours, ours_to_hf
@@ -95,19 +95,6 @@ def write_checkpoint(
 def base_fingerprint(hf_config: Mapping, flat: Mapping[str, np.ndarray]) -> str:
     """The fingerprint a sparse adapter records of its base (over the HF tensors)."""
     return fingerprint(ours_to_hf(registry.name_table(hf_config), flat))
-
-
-def checked_adapter(
-    adapter: Path, base: Path, base_fp: str
-) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """(adapter config, {HF name: (indices, values)}) of a sparse adapter, refused unless
-    it was trained on the base `base`, whose fingerprint is `base_fp`."""
-    adapter_config, deltas = read_adapter(adapter)
-    if base_fp != adapter_config.get("base_fingerprint"):
-        raise UserError(
-            f"{adapter}: trained on another base model than {base} (base_fingerprint differs)"
-        )
-    return adapter_config, deltas
 
 
 def deltas_in_our_layout(

@@ -26,11 +26,10 @@ from interop.lora_format import scaling
 from interop.metrics_log import MetricsLog
 from interop.outputs import output_dir
 from interop.schedules import learning_rate
-from interop.sparse_format import merge_into, write_adapter
+from interop.sparse_format import checked_adapter, merge_into, write_adapter
 from interop.vocab import max_positions
 from jax_sft.checkpoints.loading import (
     base_fingerprint,
-    checked_adapter,
     deltas_in_our_layout,
     read_checkpoint,
     with_lora_merged,

@@ -18,12 +18,12 @@ import torch
 from interop.config import RunConfig
 from interop.data.tokenizer import load_tokenizer, prepare_tokenizer
 from interop.errors import UserError
+from interop.sparse_format import checked_adapter
 from interop.vocab import max_positions
 from torch_ref.train import lora, sparse
 from torch_ref.train.model import (
     Source,
     StoredWeights,
-    checked_sparse_adapter,
     load_hf_model,
     merge_adapter,
     resize_vocab,
@@ -61,7 +61,7 @@ def build(cfg: RunConfig) -> Built:
     deltas = None
     if mode == "sparse":
         sparse.check_supported(cfg, source.adapter_kind == "sparse-adapter")
-        deltas = checked_sparse_adapter(source.adapter, source.model_dir, stored)
+        _, deltas = checked_adapter(source.adapter, source.model_dir, stored.fingerprint())
         count = sum(idx.size for idx, _ in deltas.values())
         notes.append(
             f"continuing the {count} entries of {source.adapter}; sparse.method and the "

@@ -31,7 +31,7 @@ from interop.config import RunConfig
 from interop.errors import UserError
 from interop.lora_format import merge_lora
 from interop.lora_format import read_adapter as read_lora
-from interop.sparse_format import fingerprint, merge_into, read_adapter
+from interop.sparse_format import checked_adapter, fingerprint, merge_into
 from interop.vocab import grown, padded_vocab
 
 ADAPTER_KINDS = ("sparse-adapter", "lora-adapter")
@@ -142,18 +142,6 @@ def set_weight(model: torch.nn.Module, name: str, array: np.ndarray) -> None:
         param.copy_(torch.from_numpy(np.asarray(array, dtype=np.float32)).reshape(param.shape))
 
 
-def checked_sparse_adapter(
-    adapter: Path, base: Path, stored: StoredWeights
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{HF name: (indices, values)}, refused unless the adapter was trained on `base`."""
-    config, deltas = read_adapter(adapter)
-    if stored.fingerprint() != config.get("base_fingerprint"):
-        raise UserError(
-            f"{adapter}: trained on another base model than {base} (base_fingerprint differs)"
-        )
-    return deltas
-
-
 def merge_adapter(model: torch.nn.Module, source: Source, stored: StoredWeights) -> None:
     """Merge the source's adapter into the weights (a run of another kind trains the sum)."""
     if source.adapter_kind == "lora-adapter":
@@ -161,7 +149,7 @@ def merge_adapter(model: torch.nn.Module, source: Source, stored: StoredWeights)
         names = [module + ".weight" for module in factors]
         merged = merge_lora({n: stored.get(n) for n in names}, config, factors)
     else:
-        deltas = checked_sparse_adapter(source.adapter, source.model_dir, stored)
+        _, deltas = checked_adapter(source.adapter, source.model_dir, stored.fingerprint())
         merged = {n: merge_into(stored.get(n), idx, v) for n, (idx, v) in deltas.items()}
     for name, array in merged.items():
         set_weight(model, name, array)
