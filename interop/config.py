@@ -36,6 +36,9 @@ DEFAULT_TINY = "tiny-llama"
 Dtype = Literal["float32", "bfloat16", "float16"]
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
+# What `sparse=True` (initialize) selects with: the best of the static methods at small
+# budgets in docs/sparse-study.md.
+DEFAULT_SPARSE_METHOD = "fisher"
 # Attention and MLP projections of the Llama/Qwen2, OPT and GPT-2 families (our names).
 DEFAULT_SPARSE_TARGET = [
     r"(.*\.)?(q_proj|k_proj|v_proj|o_proj|out_proj|gate_proj|up_proj|down_proj"
@@ -290,7 +293,10 @@ class TrainConfig(_Section):
 
 
 class LoggingConfig(_Section):
-    """Where progress goes; `json` (attribute `as_json`) ends output with one JSON line."""
+    """Where progress goes. `print_loss` prints every step's loss as DeepSpeed-Chat's
+    `--print_loss` does (`Epoch: E, Step: S, Rank: 0, loss = L`; S counts optimizer
+    steps, and the loss reaches the host every step); `json` (attribute `as_json`) ends
+    a training command's output with one JSON line, as `--json` does."""
 
     tensorboard: bool = False
     tensorboard_dir: str | None = None
@@ -312,6 +318,14 @@ class RunConfig(_Section):
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @property
+    def training_mode(self) -> str:
+        """The way this run trains: "sparse", "lora" or "dense" (each backend has one
+        implementation per name)."""
+        if self.sparse.method != "none":
+            return "sparse"
+        return "lora" if self.lora.rank > 0 else "dense"
 
     @model_validator(mode="after")
     def _one_way_to_train_few(self) -> RunConfig:
@@ -378,7 +392,7 @@ def _read_yaml(path: str | os.PathLike) -> dict:
     return {key: {} if value is None else value for key, value in raw.items()}
 
 
-def _describe(error: dict) -> tuple[str, str]:
+def describe_error(error: dict) -> tuple[str, str]:
     """The dotted location of one pydantic error and a one-line message for it."""
     loc = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
@@ -446,9 +460,9 @@ def load_config(
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        loc, message = _describe(exc.errors()[0])
+        loc, message = describe_error(exc.errors()[0])
         source = _source(path, loc, overrides)
-        if not source.startswith("--set"):
+        if not any(source.startswith(f"--set {item}") for item in overrides):
             source = next((name for name, layer in reversed(layers) if _set_by(layer, loc)), source)
         raise UserError(f"{source}: {message}") from None
 

@@ -81,3 +81,15 @@ def clear_run_dir(out: Path, *, overwrite: bool) -> None:
             if child.name not in KEEP_ON_OVERWRITE:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def removed_if_refused(out: Path, created: bool) -> Iterator[None]:
+    """A run refused while starting (a UserError) leaves no trace: the output directory
+    it `created` goes again if nothing was written into it."""
+    try:
+        yield
+    except UserError:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise

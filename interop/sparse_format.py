@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +23,12 @@ CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 INDICES, VALUES = ".sparse_indices", ".sparse_values"
 
 
-def fingerprint(tensors: Iterable[tuple[str, np.ndarray]]) -> str:
-    """sha256 over every base tensor's name, shape, dtype and bytes, in name order."""
+def fingerprint(names: Iterable[str], get: Callable[[str], np.ndarray]) -> str:
+    """sha256 over every base tensor's name, shape, dtype and bytes, in name order;
+    `get(name)` reads one tensor, so only one is in memory at a time."""
     digest = hashlib.sha256()
-    for name, array in sorted(tensors, key=lambda item: item[0]):
+    for name in sorted(names):
+        array = get(name)
         digest.update(f"{name}|{array.shape}|{array.dtype}|".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()

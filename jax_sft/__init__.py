@@ -1,9 +1,10 @@
 """The JAX/Flax backend of jax-sft. Never imports torch.
 
-`jax_sft.initialize(config=..., model=...)` returns the training `Engine` of a run, with
-`train_batch`, `evaluate`, `save_checkpoint` and `load_checkpoint` as in DeepSpeed.
+`engine, optimizer, dataloader, lr_scheduler = jax_sft.initialize(model=..., config=...,
+training_data=...)` is DeepSpeed's `initialize` on this backend (`jax_sft.train.api`);
+`jax-sft` is the command line (`jax_sft.cli`).
 """
 
-from jax_sft.train.run import initialize
+from jax_sft.train.api import initialize
 
 __all__ = ["initialize"]

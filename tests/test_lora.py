@@ -12,10 +12,10 @@ from interop.config import LoraConfig, RunConfig
 from interop.errors import UserError
 from interop.lora_format import merge_lora, read_adapter, scaling
 from interop.tiny_configs import tiny_config
+from jax_sft.lora.mode import LoraTraining, check, init_trained
 from jax_sft.lora.params import apply_lora, init_lora, scale
 from jax_sft.lora.peft_io import export_peft, import_peft
 from jax_sft.lora.targets import lora_targets, matches, peft_target_modules
-from jax_sft.lora.training import LoraTraining, init_trained
 from jax_sft.models import registry
 from jax_sft.models.hf_names import ours_to_hf
 
@@ -120,7 +120,7 @@ def test_zero_b_is_bit_identical_to_the_base(name):
     config, flat, nested = _model(name)
     cfg = LoraConfig(rank=4, alpha=8, target_modules="all-linear")
     trained = init_trained(flat, registry.name_table(config), cfg, seed=0)
-    mode = LoraTraining.from_config(cfg)
+    mode = LoraTraining(scale(cfg))
     out = _flatten(jax.jit(mode.params)({"params": nested, "trained": trained}))
     assert out.keys() == flat.keys()
     for path, value in flat.items():
@@ -177,9 +177,9 @@ def test_training_mode_trees_and_gradients():
     assert sorted(trained["lora"]) == ["layers.0.self_attn.q_proj.kernel",
                                        "layers.1.self_attn.q_proj.kernel"]  # fmt: skip
     assert set(trained["dense"]) == set(flat) - set(trained["lora"])  # adapted kernels frozen
-    mode = LoraTraining.from_config(cfg)
+    mode = LoraTraining(scale(cfg), table)
     assert mode.key == "trained" and mode.scale == 1.0 and mode.penalty(trained) is None
-    mask = mode.decay_mask(trained, table)
+    mask = mode.decay_mask(trained)
     assert jax.tree.structure(mask) == jax.tree.structure(trained)
     assert all(jax.tree.leaves(mask["lora"]))
     assert mask["dense"]["layers.0.self_attn.k_proj.kernel"]
@@ -209,8 +209,8 @@ def test_config_and_mode_refusals():
     with pytest.raises(ValueError, match="invalid regex"):
         LoraConfig(dense_trainable=["[x"])
     with pytest.raises(UserError, match="lora.dropout"):
-        LoraTraining.from_config(LoraConfig(rank=4, dropout=0.1))
+        check(LoraConfig(rank=4, dropout=0.1))
     with pytest.raises(UserError, match="lora.rank"):
-        LoraTraining.from_config(LoraConfig())
+        check(LoraConfig())
     cfg = RunConfig.model_validate({"lora": {"rank": 8, "target_modules": "all-linear"}})
     assert cfg.lora.target_modules == "all-linear" and cfg.lora.learning_rate is None

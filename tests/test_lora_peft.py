@@ -22,9 +22,9 @@ from interop.config import LoraConfig
 from interop.lora_format import merge_lora, read_adapter
 from interop.probe import max_abs_logit_diff, probe_batch
 from jax_sft.checkpoints.loading import read_checkpoint
+from jax_sft.lora.mode import LoraTraining, init_trained
 from jax_sft.lora.peft_io import export_peft, import_peft
 from jax_sft.lora.targets import lora_targets
-from jax_sft.lora.training import LoraTraining, init_trained
 from jax_sft.models import registry
 
 LOGIT_TOL = 1e-5
@@ -83,7 +83,7 @@ def test_exported_adapter_matches_peft_logits(name, tmp_path: Path):
     rng = np.random.default_rng(0)
     for factors in trained["lora"].values():
         factors["b"] = rng.normal(0.0, 0.3, factors["b"].shape).astype(np.float32)
-    mode = LoraTraining.from_config(cfg)
+    mode = LoraTraining(cfg.alpha / cfg.rank)
     batch = probe_batch(VOCAB)
     got = _logits(graphdef, jax.jit(mode.params)({"params": params, "trained": trained}), batch)
 

@@ -16,7 +16,7 @@ from train_fixtures import run_config
 from interop.checkpoints.hf import HFCheckpointReader
 from interop.probe import max_abs_logit_diff, probe_batch
 from jax_sft import cli
-from jax_sft.train.run import initialize, train
+from jax_sft.train.run import make_engine, train
 
 LORA = {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}
 
@@ -38,8 +38,8 @@ def _jax_logits(engine, batch):
 def test_a_jax_trained_lora_loads_in_peft_with_the_same_logits(tiny_base, tmp_path):
     cfg = run_config(tiny_base, tmp_path / "run", lora=LORA, train={"max_steps": 3})
     train(cfg)
-    engine = initialize(cfg)
-    engine.load_checkpoint()
+    engine = make_engine(cfg)
+    engine.restore_latest()
     trained = engine.state["trained"]
     assert set(trained) == {"lora", "dense"} and not trained["dense"]
     assert all(np.abs(np.asarray(f["b"])).max() > 0 for f in trained["lora"].values())
@@ -72,9 +72,9 @@ def test_a_jax_trained_lora_loads_in_peft_with_the_same_logits(tiny_base, tmp_pa
 def test_lora_learning_rate_scales_the_factor_updates_only(tiny_base, tmp_path):
     def first_update(lora_lr, out):
         lora = {**LORA, "dense_trainable": [".*norm.*"], "learning_rate": lora_lr}
-        engine = initialize(run_config(tiny_base, tmp_path / out, lora=lora))
+        engine = make_engine(run_config(tiny_base, tmp_path / out, lora=lora))
         before = jax.device_get(engine.state["trained"])
-        engine.train_batch()
+        engine.train_step()
         after = jax.device_get(engine.state["trained"])
         return jax.tree.map(lambda a, b: b - a, before, after)
 
@@ -90,9 +90,9 @@ def test_a_run_starts_from_a_peft_adapter(tiny_base, tmp_path, continue_lora):
     cfg = run_config(tiny_base, tmp_path / "first", lora=LORA, train={"max_steps": 2})
     train(cfg)
     adapter, merged_dir = tmp_path / "first" / "adapter", tmp_path / "first" / "hf"
-    reference = initialize(run_config(merged_dir, tmp_path / "ref")).evaluate()["eval_loss"]
+    reference = make_engine(run_config(merged_dir, tmp_path / "ref")).evaluate()["eval_loss"]
     sections = {"lora": LORA} if continue_lora else {}
-    engine = initialize(run_config(adapter, tmp_path / "again", **sections))
+    engine = make_engine(run_config(adapter, tmp_path / "again", **sections))
     assert engine.model_dir == tiny_base
     assert engine.mode.key == ("trained" if continue_lora else "params")
     assert engine.evaluate()["eval_loss"] == pytest.approx(reference, rel=1e-6)

@@ -10,7 +10,7 @@ import pytest
 from train_fixtures import run_config
 
 from interop.config import dump_config
-from jax_sft.train.run import initialize, train
+from jax_sft.train.run import make_engine, train
 
 PARALLEL = {"data": 8, "zero_stage": 3}
 SETTINGS = dict(
@@ -58,10 +58,10 @@ def test_two_processes_match_one_process_and_restore_in_one(tiny_base, tmp_path)
     want, got = losses(tmp_path / "single"), losses(tmp_path / "multi")
     assert len(got) == 5 and np.max(np.abs(got - want) / want) <= 1e-6
 
-    restored = initialize(run_config(tiny_base, tmp_path / "multi", **SETTINGS))
-    assert restored.load_checkpoint() == 5
-    reference = initialize(run_config(tiny_base, tmp_path / "single", **SETTINGS))
-    reference.load_checkpoint()
+    restored = make_engine(run_config(tiny_base, tmp_path / "multi", **SETTINGS))
+    assert restored.restore_latest() == 5
+    reference = make_engine(run_config(tiny_base, tmp_path / "single", **SETTINGS))
+    reference.restore_latest()
     for a, b in zip(
         jax.tree.leaves(restored.state["params"]),
         jax.tree.leaves(reference.state["params"]),

@@ -13,8 +13,8 @@ KILL_DURING_SAVE = """
 import json, os, signal, sys
 from jax_sft.train import checkpointing
 original = checkpointing.Checkpoints.save
-def save(self, step, state, record):
-    original(self, step, state, record)  # the asynchronous write has begun
+def save(self, step, state, record, tag=None):
+    original(self, step, state, record, tag)  # the asynchronous write has begun
     if step == 15:
         os.kill(os.getpid(), signal.SIGKILL)
 checkpointing.Checkpoints.save = save

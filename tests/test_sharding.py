@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from train_fixtures import run_config
 
-from jax_sft.train.run import initialize
+from jax_sft.train.run import make_engine
 
 STEPS = 5
 GLOBAL_BATCH = 8
@@ -25,7 +25,7 @@ CASES = {
 
 def train_steps(tiny_base, out, parallel):
     dp = parallel.get("data", 1) * parallel.get("fsdp", 1)
-    engine = initialize(
+    engine = make_engine(
         run_config(
             tiny_base,
             out,
@@ -35,7 +35,7 @@ def train_steps(tiny_base, out, parallel):
             train={"micro_batch_size": GLOBAL_BATCH // dp, "gradient_accumulation_steps": 1},
         )
     )
-    losses = [float(engine.train_batch()["loss"]) for _ in range(STEPS)]
+    losses = [float(engine.train_step()["loss"]) for _ in range(STEPS)]
     return engine, losses, [np.asarray(x) for x in jax.tree.leaves(engine.state["params"])]
 
 
@@ -61,11 +61,10 @@ def test_sharded_steps_equal_single_device(single, tiny_base, tmp_path, name):
 def test_zero_stages_shrink_per_device_state_bytes(tiny_base, tmp_path, capsys):
     from interop.config import dump_config
     from jax_sft import cli
-    from jax_sft.commands.bench import train_step_memory
 
     state_bytes = {}
     for stage in (0, 1, 2, 3):
-        engine = initialize(
+        engine = make_engine(
             run_config(
                 tiny_base,
                 tmp_path / str(stage),
@@ -73,7 +72,7 @@ def test_zero_stages_shrink_per_device_state_bytes(tiny_base, tmp_path, capsys):
                 parallel={"zero_stage": stage, "data": 8},
             )
         )
-        memory = train_step_memory(engine)
+        memory = engine.train_step_memory()
         batch = jax.eval_shape(lambda e=engine: e.global_batch(0))
         per_device_batch = sum(v.size * v.dtype.itemsize for v in batch.values()) // 8
         state_bytes[stage] = memory["argument_size_in_bytes"] - per_device_batch - 4  # lr
@@ -139,7 +138,7 @@ def test_global_batch_not_divisible_by_data_parallel_size(tiny_base, tmp_path, c
 
 def test_zero3_checkpoint_on_8_devices_resumes_on_1(tiny_base, tmp_path):
     def engine_for(parallel, micro):
-        return initialize(
+        return make_engine(
             run_config(
                 tiny_base,
                 tmp_path / "run",
@@ -152,13 +151,13 @@ def test_zero3_checkpoint_on_8_devices_resumes_on_1(tiny_base, tmp_path):
 
     sharded = engine_for({"zero_stage": 3, "data": 8}, 1)
     for _ in range(3):
-        sharded.train_batch()
+        sharded.train_step()
     sharded.save_checkpoint()
     sharded.close()
-    want = float(sharded.train_batch()["loss"])
+    want = float(sharded.train_step()["loss"])
 
     single = engine_for({"data": 1}, 8)
-    assert single.load_checkpoint() == 3
+    assert single.restore_latest() == 3
     assert len(single.state["params"]["norm"]["scale"].sharding.device_set) == 1
-    got = float(single.train_batch()["loss"])
+    got = float(single.train_step()["loss"])
     assert abs(got - want) / want <= 1e-6

@@ -9,7 +9,7 @@ from interop.sparse_format import read_adapter
 from jax_sft import cli
 from jax_sft.checkpoints.loading import read_checkpoint
 from jax_sft.models import registry
-from jax_sft.train.run import initialize, train
+from jax_sft.train.run import make_engine, train
 
 
 def test_a_run_continues_or_merges_an_adapter(tiny_base, tmp_path, capsys):
@@ -18,9 +18,9 @@ def test_a_run_continues_or_merges_an_adapter(tiny_base, tmp_path, capsys):
     train(first)
     adapter = tmp_path / "first" / "adapter"
     _, deltas = read_adapter(adapter)
-    ref_eval = initialize(run_config(tmp_path / "first" / "hf", tmp_path / "x")).evaluate()
+    ref_eval = make_engine(run_config(tmp_path / "first" / "hf", tmp_path / "x")).evaluate()
 
-    sparse_again = initialize(run_config(adapter, tmp_path / "again", sparse=sparse))
+    sparse_again = make_engine(run_config(adapter, tmp_path / "again", sparse=sparse))
     assert sparse_again.model_dir == tiny_base
     indices = jax.device_get(sparse_again.state["indices"])
     values = jax.device_get(sparse_again.state["trained"]["values"])
@@ -35,7 +35,7 @@ def test_a_run_continues_or_merges_an_adapter(tiny_base, tmp_path, capsys):
         assert np.array_equal(values[path][order], deltas[name][1])
     assert sparse_again.evaluate()["eval_loss"] == ref_eval["eval_loss"]
 
-    merged = initialize(run_config(adapter, tmp_path / "merged"))
+    merged = make_engine(run_config(adapter, tmp_path / "merged"))
     assert merged.mode.key == "params"
     _, _, exported = read_checkpoint(tmp_path / "first" / "hf")
     params = {

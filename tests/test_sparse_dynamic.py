@@ -7,7 +7,7 @@ from train_fixtures import run_config
 
 from interop.errors import UserError
 from jax_sft.sparse.spiel import adam_state, drop_fraction, regrow
-from jax_sft.train.run import initialize
+from jax_sft.train.run import make_engine
 
 
 def test_regrow_drops_smallest_values_and_grows_largest_gradients_outside_the_set():
@@ -38,15 +38,15 @@ def test_spiel_moves_the_set_with_fixed_counts_and_compiles_the_step_once(tiny_b
         "accumulate_steps": 2,
         "drop_fraction": 0.3,
     }
-    engine = initialize(
+    engine = make_engine(
         run_config(tiny_base, tmp_path / "sp", sparse=sparse, train={"max_steps": 10})
     )
     start = jax.device_get(engine.state["indices"])
     for _ in range(10):
-        engine.train_batch()
+        engine.train_step()
     end = jax.device_get(engine.state["indices"])
-    assert engine._train_step._cache_size() == 1
-    assert len(engine.spiel.swapped) == 3 and all(n > 0 for n in engine.spiel.swapped)
+    assert engine._step_fn._cache_size() == 1
+    assert len(engine.mode.spiel.swapped) == 3 and all(n > 0 for n in engine.mode.spiel.swapped)
     moved = 0
     for path, idx in start.items():
         assert end[path].shape == idx.shape
@@ -65,12 +65,12 @@ def test_dense_trainable_leaves_train_whole_and_take_state(tiny_base, tmp_path):
         "dense_trainable": [r".*norm.*"],
         "target": [r".*(q_proj|v_proj).*"],
     }
-    engine = initialize(run_config(tiny_base, tmp_path / "dt", sparse=sparse))
+    engine = make_engine(run_config(tiny_base, tmp_path / "dt", sparse=sparse))
     dense = engine.state["trained"]["dense"]
     assert dense and all("norm" in p for p in dense)
     before = jax.device_get(dense)
     for _ in range(3):
-        engine.train_batch()
+        engine.train_step()
     after = jax.device_get(engine.state["trained"]["dense"])
     assert all(np.abs(after[p] - before[p]).min() > 0 for p in before)  # every entry moved
     mu = adam_state(engine.state["opt_state"]).mu
@@ -80,14 +80,14 @@ def test_dense_trainable_leaves_train_whole_and_take_state(tiny_base, tmp_path):
 def test_dense_trainable_that_matches_nothing_names_the_parameters(tiny_base, tmp_path):
     sparse = {"method": "random", "density": 0.02, "dense_trainable": ["nothing.*"]}
     with pytest.raises(UserError, match=r"sparse.dense_trainable: .*parameters: .*q_proj"):
-        initialize(run_config(tiny_base, tmp_path / "x", sparse=sparse))
+        make_engine(run_config(tiny_base, tmp_path / "x", sparse=sparse))
 
 
 @pytest.mark.parametrize("kind", ["l1", "l2"])
 def test_penalty_shrinks_the_deltas(tiny_base, tmp_path, kind):
     def trained_norm(sparse_extra, out):
         sparse = {"method": "random", "density": 0.02, **sparse_extra}
-        engine = initialize(
+        engine = make_engine(
             run_config(
                 tiny_base,
                 tmp_path / out,
@@ -97,7 +97,7 @@ def test_penalty_shrinks_the_deltas(tiny_base, tmp_path, kind):
             )
         )
         for _ in range(6):
-            engine.train_batch()
+            engine.train_step()
         values = jax.device_get(engine.state["trained"]["values"])
         return sum(float(np.abs(v).sum()) for v in values.values())
 
@@ -107,9 +107,11 @@ def test_penalty_shrinks_the_deltas(tiny_base, tmp_path, kind):
 
 
 def test_l1_penalty_has_subgradient_zero_at_zero():
-    from jax_sft.train.trainable import SparseTraining
+    from interop.config import RunConfig
+    from jax_sft.sparse.mode import SparseTraining
 
-    mode = SparseTraining(regularization="l1", reg_weight=0.5)
+    sparse = {"method": "random", "regularization": "l1", "reg_weight": 0.5}
+    mode = SparseTraining(RunConfig.model_validate({"sparse": sparse}))
     trained = {"values": {"w": np.array([0.0, 2.0, -3.0], np.float32)}, "dense": {}}
     assert float(mode.penalty(trained)) == 2.5
     grad = jax.grad(mode.penalty)(trained)["values"]["w"]

@@ -7,9 +7,8 @@ from tiny_hf import other_base
 from train_fixtures import run_config
 
 from interop.checkpoints.hf import HFCheckpointReader
-from jax_sft.commands.bench import train_step_memory
 from jax_sft.models import registry
-from jax_sft.train.run import initialize
+from jax_sft.train.run import make_engine
 
 DENSITY = 0.05
 
@@ -19,10 +18,10 @@ def nbytes(tree):
 
 
 def test_sparse_run_moves_only_the_index_set_and_keeps_state_for_it(tiny_base, tmp_path):
-    sparse = initialize(
+    sparse = make_engine(
         run_config(tiny_base, tmp_path / "s", sparse={"method": "random", "density": DENSITY})
     )
-    dense = initialize(run_config(tiny_base, tmp_path / "d"))
+    dense = make_engine(run_config(tiny_base, tmp_path / "d"))
     indices = jax.device_get(sparse.state["indices"])
     values_count = sum(len(i) for i in indices.values())
 
@@ -34,13 +33,13 @@ def test_sparse_run_moves_only_the_index_set_and_keeps_state_for_it(tiny_base, t
         nbytes(sparse.state["opt_state"])
         <= DENSITY * nbytes(dense.state["opt_state"]) + index_bytes
     )
-    args_sparse = train_step_memory(sparse)["argument_size_in_bytes"]
-    args_dense = train_step_memory(dense)["argument_size_in_bytes"]
+    args_sparse = sparse.train_step_memory()["argument_size_in_bytes"]
+    args_dense = dense.train_step_memory()["argument_size_in_bytes"]
     params_bytes = nbytes(dense.state["params"])
     assert args_dense - args_sparse >= 2 * params_bytes * (1 - DENSITY) - 3 * 4 * values_count
 
     for _ in range(5):
-        sparse.train_batch()
+        sparse.train_step()
     values = jax.device_get(sparse.state["trained"]["values"])
     assert all(np.abs(v).max() > 0 for v in values.values())  # every delta trained
     sparse.export_hf(tmp_path / "hf")
@@ -82,7 +81,7 @@ def test_adapter_files_merge_into_the_base_exactly(tiny_base, tmp_path):
     with HFCheckpointReader(tiny_base) as b, HFCheckpointReader(tmp_path / "run" / "hf") as m:
         base, merged = dict(b), dict(m)
     assert config["adapter_type"] == "sparse" and config["method"] == "magnitude"
-    assert config["base_fingerprint"] == fingerprint(base.items())
+    assert config["base_fingerprint"] == fingerprint(base, base.__getitem__)
     assert set(deltas) and set(deltas) <= set(base)
     for name, array in base.items():
         want = merge_into(array, *deltas[name]) if name in deltas else array
@@ -133,11 +132,11 @@ def test_fisher_scores_are_summed_squared_per_example_gradients(tiny_base, tmp_p
     import jax.numpy as jnp
 
     from interop.data.batches import Batches
+    from jax_sft.core.loss import loss_sum_and_count
     from jax_sft.sparse.fisher import fisher_scores
     from jax_sft.sparse.select import targets
-    from jax_sft.train.loss import loss_sum_and_count
 
-    engine = initialize(
+    engine = make_engine(
         run_config(
             tiny_base,
             tmp_path / "f",
@@ -186,13 +185,13 @@ def test_lt_sft_keeps_the_entries_that_changed_most_in_the_dense_phase(tiny_base
     from jax_sft.sparse.select import magnitude_indices, proportional
 
     sparse = {"method": "lt-sft", "density": 0.02, "dense_steps": 3}
-    lt = initialize(run_config(tiny_base, tmp_path / "lt", sparse=sparse))
-    dense = initialize(run_config(tiny_base, tmp_path / "dense", train={"max_steps": 3}))
+    lt = make_engine(run_config(tiny_base, tmp_path / "lt", sparse=sparse))
+    dense = make_engine(run_config(tiny_base, tmp_path / "dense", train={"max_steps": 3}))
     base = {
         registry.path_str(p): np.asarray(v) for p, v in _flat(jax.device_get(dense.state["params"]))
     }
     for _ in range(3):
-        dense.train_batch()
+        dense.train_step()
     tuned = {
         registry.path_str(p): np.asarray(v) for p, v in _flat(jax.device_get(dense.state["params"]))
     }

@@ -178,7 +178,7 @@ def _zero_adapter(base, dst, density=0.05):
             idx = np.sort(rng.choice(w.size, int(density * w.size), replace=False))
             deltas[name] = (idx.astype(np.int32), np.zeros(idx.size, np.float32))
     dst.mkdir()
-    base_fp = fingerprint(tensors.items())
+    base_fp = fingerprint(tensors, tensors.__getitem__)
     write_adapter(dst, deltas, {"base_model": str(base), "base_fingerprint": base_fp})
     return deltas
 
@@ -200,7 +200,7 @@ def test_sparse_run_from_an_adapter_changes_only_its_entries(tiny_base, tmp_path
     assert train(tmp_path, "sparse", cfg) == 0
     base, merged = weights(tiny_base), weights(out / "hf")
     config, trained = read_adapter(out / "adapter")
-    assert config["base_fingerprint"] == fingerprint(base.items())
+    assert config["base_fingerprint"] == fingerprint(base, base.__getitem__)
     assert sorted(trained) == sorted(deltas)
     for name, w in base.items():
         outside = np.ones(w.size, bool)

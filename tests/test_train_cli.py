@@ -133,13 +133,13 @@ def test_python_api_engine_saves_and_loads(tiny_base, tmp_path):
     import jax_sft
 
     cfg = run_config(tiny_base, tmp_path / "out")
-    engine = jax_sft.initialize(config=cfg, model=tiny_base)
-    metrics = engine.train_batch()
-    assert float(metrics["loss"]) > 0 and engine.step == 1
-    engine.save_checkpoint()
+    engine, *_ = jax_sft.initialize(config=cfg, model=tiny_base)
+    metrics = engine.train_step()
+    assert float(metrics["loss"]) > 0 and engine.global_steps == 1
+    path = engine.save_checkpoint(client_state={"epoch": 3})
     engine.close()
-    other = jax_sft.initialize(config=cfg)
-    assert other.load_checkpoint() == 1
+    other, *_ = jax_sft.initialize(config=cfg)
+    assert other.load_checkpoint() == (path, {"epoch": 3}) and other.global_steps == 1
     for a, b in zip(jax.tree.leaves(engine.state), jax.tree.leaves(other.state), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert set(other.evaluate()) == {"eval_loss", "eval_ppl"}
@@ -227,3 +227,35 @@ def test_bad_sparse_settings_exit_2_with_the_field(tiny_base, tmp_path, capsys, 
     assert len(err) == 1 and line in err[0], err
     assert "Traceback" not in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_dschat_deepspeed_config_batch_rule_counts_every_device(tiny_base, tmp_path, monkeypatch):
+    """16 = micro 2 x accumulation 1 x 8 data-parallel devices: it holds on 8 devices only."""
+    work = tmp_path / "app"
+    (work / "data").mkdir(parents=True)
+    for split in ("train", "eval"):
+        shutil.copy(DEMO_DATA / f"{split}.jsonl", work / "data" / f"{split}.json")
+    ds = work / "ds.json"
+    rule = {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 2}
+    ds.write_text(json.dumps({**rule, "gradient_accumulation_steps": 1}))
+    flags = ["dschat-step1", "--data_path", "local/jsonfile", "--model_name_or_path"]
+    flags += [str(tiny_base), "--max_seq_len", "64", "--dtype", "fp32", "--data_split", "10,0,0"]
+    flags += ["--deepspeed_config"]
+    flags += [str(ds), "--output_dir", str(work / "out")]
+    monkeypatch.chdir(work)
+    assert cli.main(flags) == 0
+    rows = [json.loads(x) for x in (work / "out" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps[-1] == -(-213 // 16)  # global batches of 16 rows
+
+    one = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    flags[-1] = str(work / "out1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jax_sft.cli", *flags], capture_output=True, text=True, env=one
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"jax-sft: error: {ds}: train_batch_size 16 != train_micro_batch_size_per_gpu 2"
+        " x gradient_accumulation_steps 1 x data-parallel size 1"
+    ]
+    assert not (work / "out1").exists()

@@ -6,7 +6,7 @@ import numpy as np
 from train_fixtures import run_config
 
 from interop.data.batches import Batches
-from jax_sft.train.run import initialize
+from jax_sft.train.run import make_engine
 
 CONSTANT = {"type": "constant"}
 
@@ -20,7 +20,7 @@ def max_param_diff(a, b):
 
 
 def test_four_micro_batches_of_two_equal_one_batch_of_eight(tiny_base, tmp_path):
-    accum = initialize(
+    accum = make_engine(
         run_config(
             tiny_base,
             tmp_path / "a",
@@ -28,14 +28,14 @@ def test_four_micro_batches_of_two_equal_one_batch_of_eight(tiny_base, tmp_path)
             train={"micro_batch_size": 2, "gradient_accumulation_steps": 4},
         )
     )
-    whole = initialize(
+    whole = make_engine(
         run_config(tiny_base, tmp_path / "b", schedule=CONSTANT, train={"micro_batch_size": 8})
     )
     before = params_of(whole)
     batch = accum.global_batch(0)
     assert batch["input_ids"].shape[:2] == (4, 2)
-    m_accum = accum.train_batch(batch)
-    m_whole = whole.train_batch({k: v.reshape(1, 8, -1) for k, v in batch.items()})
+    m_accum = accum.train_step(batch)
+    m_whole = whole.train_step({k: v.reshape(1, 8, -1) for k, v in batch.items()})
     assert abs(float(m_accum["loss"]) - float(m_whole["loss"])) <= 1e-6
     assert int(m_accum["tokens"]) == int(m_whole["tokens"]) > 0
     assert max_param_diff(params_of(accum), params_of(whole)) <= 1e-6
@@ -43,7 +43,7 @@ def test_four_micro_batches_of_two_equal_one_batch_of_eight(tiny_base, tmp_path)
 
 
 def test_packed_loss_equals_unpacked_loss(tiny_base, tmp_path):
-    engine = initialize(run_config(tiny_base, tmp_path / "p", data={"max_seq_len": 128}))
+    engine = make_engine(run_config(tiny_base, tmp_path / "p", data={"max_seq_len": 128}))
     examples = engine.batches.examples[:12]
     pad = engine.tokenizer.pad_token_id
     totals = []
@@ -71,8 +71,8 @@ def test_packed_loss_equals_unpacked_loss(tiny_base, tmp_path):
 
 
 def test_remat_recomputes_without_changing_results(tiny_base, tmp_path):
-    plain = initialize(run_config(tiny_base, tmp_path / "a", schedule=CONSTANT))
-    remat = initialize(
+    plain = make_engine(run_config(tiny_base, tmp_path / "a", schedule=CONSTANT))
+    remat = make_engine(
         run_config(
             tiny_base,
             tmp_path / "b",
@@ -82,8 +82,8 @@ def test_remat_recomputes_without_changing_results(tiny_base, tmp_path):
     )
     batch = plain.global_batch(0)
     lr = jnp.float32(1e-3)
-    jaxprs = [str(jax.make_jaxpr(e._train_step)(e.state, batch, lr)) for e in (plain, remat)]
+    jaxprs = [str(jax.make_jaxpr(e._step_fn)(e.state, batch, lr)) for e in (plain, remat)]
     assert "remat2[" not in jaxprs[0] and "remat2[" in jaxprs[1]
-    plain.train_batch(batch)
-    remat.train_batch(batch)
+    plain.train_step(batch)
+    remat.train_step(batch)
     assert max_param_diff(params_of(plain), params_of(remat)) <= 1e-6

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from interop.arguments import add_json, add_overrides
 from interop.errors import UserError
+from torch_ref.accelerator import default_to_cpu
 
 TORCH_PACKAGES = ("torch", "deepspeed", "peft")
 
@@ -29,10 +30,7 @@ def _logits(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import torch
-
-    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
-        os.environ["DS_ACCELERATOR"] = "cpu"  # skips DeepSpeed's probing and its warning
+    default_to_cpu()
     from torch_ref.train.run import train
 
     return train(args)

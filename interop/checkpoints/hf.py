@@ -228,6 +228,13 @@ class HFCheckpointReader:
             return self._handle(file).get_tensor(name)
         return _torch_to_numpy(self._handle(file)[name])
 
+    def get_slice(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        """`get(name)[index]`, reading (for safetensors) only that block from disk."""
+        file = self._file_of(name)
+        if file.suffix == ".safetensors":
+            return self._handle(file).get_slice(name)[index]
+        return _torch_to_numpy(self._handle(file)[name][index])
+
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         for name in self._names:
             yield name, self.get(name)

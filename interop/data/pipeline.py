@@ -16,7 +16,7 @@ import numpy as np
 
 from interop.config import DataConfig, DataSource
 from interop.data.examples import Example, make_examples
-from interop.data.sources import Row, read_source, weighted
+from interop.data.sources import Row, read_source, records_rows, weighted
 from interop.data.split import phase_indices, shuffle_index
 from interop.errors import UserError
 
@@ -27,17 +27,25 @@ EVAL_STREAM, WEIGHT_STREAM = 0, 1  # RNG streams per source, beside data.seed
 
 
 def build_datasets(
-    cfg: DataConfig, tok: PreTrainedTokenizerFast, eot: str, *, base_dir: Path = Path(".")
+    cfg: DataConfig,
+    tok: PreTrainedTokenizerFast,
+    eot: str,
+    *,
+    base_dir: Path = Path("."),
+    records: list | None = None,
 ) -> tuple[list[Example], list[Example]]:
-    """(train, eval) examples for `cfg`; relative source paths resolve against base_dir."""
-    if not cfg.sources:
+    """(train, eval) examples for `cfg`; relative source paths resolve against base_dir.
+    `records` (example dicts given in memory) are one more source, after the files."""
+    sources = [(s, read_source(s, base_dir)) for s in cfg.sources]
+    if records is not None:
+        sources.append((DataSource(path="training_data"), records_rows(records)))
+    if not sources:
         raise UserError("data.sources: no training data given")
     hold_out = cfg.eval_fraction if not cfg.eval_sources else 0.0
     train: list[Row] = []
     held: list[Row] = []
     counts = {"read": 0, "split": 0, "kept": 0}
-    for index, source in enumerate(cfg.sources):
-        rows = read_source(source, base_dir)
+    for index, (source, rows) in enumerate(sources):
         counts["read"] += len(rows)
         rows = _phase_rows(rows, cfg, source)
         counts["split"] += len(rows)
@@ -45,14 +53,15 @@ def build_datasets(
         held += out
         counts["kept"] += len(rows)
         train += weighted(rows, source.weight, _rng(cfg.seed, index, WEIGHT_STREAM))
-    train = _blend(train, len(cfg.sources), cfg.seed)
+    train = _blend(train, len(sources), cfg.seed)
     if cfg.eval_sources:
         rows = [r for s in cfg.eval_sources for r in _phase_rows(read_source(s, base_dir), cfg, s)]
         held = _blend(rows, len(cfg.eval_sources), cfg.seed)
     make = dict(max_seq_len=cfg.max_seq_len, loss_on=cfg.loss_on)
     train_examples = make_examples(train, tok, eot, **make)
     if not train_examples:
-        raise UserError(f"data.sources ({_names(cfg.sources)}): {_empty_reason(cfg, counts)}")
+        names = _names([s for s, _ in sources])
+        raise UserError(f"data.sources ({names}): {_empty_reason(cfg, counts)}")
     return train_examples, make_examples(held, tok, eot, **make)
 
 

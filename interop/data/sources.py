@@ -65,6 +65,16 @@ def read_source(source: DataSource, base_dir: Path = Path(".")) -> list[Row]:
     return _read_file(full, path, source)
 
 
+def records_rows(records: list, fmt: str = "auto", name: str = "training_data") -> list[Row]:
+    """In-memory records (dicts in any supported format) as validated rows; a bad one is
+    reported as `name[i]`."""
+    if not isinstance(records, list) or not records:
+        raise UserError(f"{name}: expected a non-empty list of example dicts or a data file")
+    located = [(f"{name}[{i}]", record) for i, record in enumerate(records)]
+    fmt = fmt if fmt != "auto" else _detect(*located[0])
+    return [Row(_check(record, fmt, where), fmt, where) for where, record in located]
+
+
 def weighted(rows: list[T], weight: float, rng: np.random.Generator) -> list[T]:
     """`rows` repeated floor(weight) times plus a seeded round(frac(weight) * n) subset."""
     whole = int(weight)

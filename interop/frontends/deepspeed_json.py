@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -176,8 +177,8 @@ def read_json(path: Path) -> dict:
 class _Translation:
     """The overrides and notes being built from one file; errors name that file."""
 
-    def __init__(self, path: Path, data_parallel_size: int) -> None:
-        self.name = os.fspath(path)
+    def __init__(self, name: str, data_parallel_size: int) -> None:
+        self.name = name
         self.dp = data_parallel_size
         self.out: dict[str, dict[str, Any]] = {}
         self.notes: list[str] = []
@@ -406,16 +407,21 @@ def _tensorboard(t: _Translation, data: dict) -> None:
 
 
 def overrides_from_deepspeed(
-    path: Path, *, data_parallel_size: int = 1
+    source: Path | Mapping[str, Any], *, data_parallel_size: int = 1
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """RunConfig overrides (nested dict) and notes from the DeepSpeed JSON config at `path`.
+    """RunConfig overrides (nested dict) and notes from a DeepSpeed config: the JSON file
+    at `source`, or the config itself as a dict (as `deepspeed.initialize(config=...)`
+    takes it; errors then name it `config`).
 
     `data_parallel_size` is DeepSpeed's world size in the batch-size rule.
     """
     if data_parallel_size < 1:
         raise ValueError(f"data_parallel_size must be >= 1, got {data_parallel_size}")
-    data = read_json(path)
-    t = _Translation(path, data_parallel_size)
+    if isinstance(source, Mapping):
+        data, name = dict(source), "config"
+    else:
+        data, name = read_json(source), os.fspath(source)
+    t = _Translation(name, data_parallel_size)
     _batch_sizes(t, data)
     optimizer_lr = _optimizer(t, data) if "optimizer" in data else None
     if "scheduler" in data:

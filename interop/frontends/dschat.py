@@ -48,7 +48,7 @@ from typing import Any, NoReturn
 import yaml
 from pydantic import ValidationError
 
-from interop.config import RunConfig, SparseConfig, deep_merge
+from interop.config import RunConfig, SparseConfig, deep_merge, describe_error
 from interop.errors import UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
 
@@ -359,8 +359,6 @@ def run_config_from_dschat(
     try:
         RunConfig.model_validate(config)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        loc = ".".join(str(part) for part in error["loc"])
-        message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
-        raise UserError(f"{b.origin(loc)}: {loc}: {message}") from None
+        loc, message = describe_error(exc.errors()[0])
+        raise UserError(f"{b.origin(loc)}: {message}") from None
     return config, notes

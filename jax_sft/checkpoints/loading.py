@@ -6,7 +6,8 @@ table one at a time; Orbax trees are checked against the shapes the config impli
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,11 @@ from interop.checkpoints.hf import HFCheckpointReader, read_hf_config, write_hf_
 from interop.errors import UserError
 from interop.lora_format import merge_lora
 from interop.lora_format import read_adapter as read_lora
-from interop.sparse_format import checked_adapter, fingerprint, merge_into
+from interop.sparse_format import checked_adapter, merge_into
 from jax_sft.checkpoints.orbax_io import restore_orbax_model, save_orbax_model
+from jax_sft.checkpoints.placed import TensorSource
 from jax_sft.models import registry
-from jax_sft.models.hf_names import hf_to_ours, ours_to_hf
+from jax_sft.models.hf_names import NameTable, hf_to_ours, ours_to_hf
 
 FORMATS = ("hf", "orbax")
 
@@ -92,17 +94,14 @@ def write_checkpoint(
         raise UserError(f"--to: unknown format '{fmt}' (supported: {', '.join(FORMATS)})")
 
 
-def base_fingerprint(hf_config: Mapping, flat: Mapping[str, np.ndarray]) -> str:
-    """The fingerprint a sparse adapter records of its base (over the HF tensors)."""
-    return fingerprint(ours_to_hf(registry.name_table(hf_config), flat))
-
-
 def deltas_in_our_layout(
-    adapter: Path, deltas: Mapping[str, tuple[np.ndarray, np.ndarray]], hf_config: Mapping
+    adapter: Path,
+    deltas: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    table: NameTable,
+    shapes: Mapping[str, tuple[int, ...]],
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{our path: (our flat indices, values)} for an adapter's HF-named deltas."""
-    table = registry.name_table(hf_config)
-    shapes = registry.expected_shapes(hf_config)
+    """{our path: (our flat indices, values)} for an adapter's HF-named deltas, on a
+    model whose parameters have `shapes`."""
     ours = {table.to_hf_name(path)[0]: path for path in shapes}
     out = {}
     for name, (indices, values) in deltas.items():
@@ -116,24 +115,37 @@ def deltas_in_our_layout(
     return out
 
 
-def with_lora_merged(
-    adapter: Path, hf_config: Mapping, flat: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """The flat state `flat` with a peft LoRA adapter's factors merged into its weights."""
-    lora_config, factors = read_lora(adapter)
-    table = registry.name_table(hf_config)
-    hf = merge_lora(dict(ours_to_hf(table, flat)), lora_config, factors)
-    return dict(hf_to_ours(table, hf.items(), registry.expected_shapes(hf_config), str(adapter)))
+def adapter_patches(adapter: Path, base: TensorSource) -> dict[str, Callable]:
+    """{our path: f(weight) -> the weight with the adapter merged in} for the tensors an
+    adapter changes, in our layout and the stored dtype, exactly as training computed
+    them. A sparse adapter refuses a base whose fingerprint is not its own; a peft LoRA
+    adapter records none, so only the shapes are checked."""
+    table, shapes = base.table, base.shapes
+    if detect_format(adapter) != "lora-adapter":
+        _, deltas = checked_adapter(adapter, base.path, base.fingerprint())
+        ours = deltas_in_our_layout(adapter, deltas, table, shapes)
+        return {p: (lambda w, i=i, v=v: merge_into(w, i, v)) for p, (i, v) in ours.items()}
+    config, factors = read_lora(adapter)
+    paths = {table.to_hf_name(p)[0]: p for p in shapes}
+    patches = {}
+    for module, pair in factors.items():
+        name = module + ".weight"
+        if name not in paths:
+            raise UserError(f"LoRA module {module}: the base model has no tensor {name}")
+        path = paths[name]
+        args = (name, module, pair, table.to_hf_name(path)[1], shapes[path], config)
+        patches[path] = functools.partial(_merge_lora, *args)
+    return patches
+
+
+def _merge_lora(name, module, pair, transform, shape, config, weight):
+    hf = merge_lora({name: transform.to_hf(weight)}, config, {module: pair})[name]
+    return transform.to_ours(hf, shape)
 
 
 def merged_adapter(adapter: Path, base: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """(HF config, flat state) of `base` with the adapter merged in, exactly as training
-    computed it. A sparse adapter refuses a base whose fingerprint is not its own; a peft
-    LoRA adapter records none, so only the shapes are checked."""
+    """(HF config, flat state) of `base` with the adapter merged in (`adapter_patches`)."""
     _, config, flat = read_checkpoint(base)
-    if detect_format(adapter) == "lora-adapter":
-        return config, with_lora_merged(adapter, config, flat)
-    _, deltas = checked_adapter(adapter, base, base_fingerprint(config, flat))
-    for path, (indices, values) in deltas_in_our_layout(adapter, deltas, config).items():
-        flat[path] = merge_into(flat[path], indices, values)
+    for path, patch in adapter_patches(adapter, TensorSource(base)).items():
+        flat[path] = patch(flat[path])
     return config, flat

@@ -1,42 +1,24 @@
 """`jax-sft bench CONFIG.yaml [--memory] [--steps N] [--sparse]`: throughput, MFU, XLA memory.
 
-Throughput times `--steps` train steps after one warm-up (compile) step, synchronising
-only at the end; tokens/s counts scored tokens and MFU divides the achieved training
-FLOPs (`jax_sft.models.flops`, the one formula) by the device's peak for the compute
-dtype, where the peak is known. `--memory` compiles the train step for the config's mesh
-and ZeRO stage without running it and reports `compiled.memory_analysis()` per device:
-exact on the CPU and independent of machine load, so placements compare exactly.
-`--sparse` runs the sparse fine-tuning quality study instead (`sparse_study`).
+Throughput and MFU come from `jax_sft.bench.throughput`. `--memory` compiles the train
+step for the config's mesh and ZeRO stage without running it and reports
+`compiled.memory_analysis()` per device: exact on the CPU and independent of machine
+load, so placements compare exactly. `--sparse` runs the sparse fine-tuning quality
+study instead (`jax_sft.bench.sparse_study`).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
-
-import jax
-import numpy as np
 
 from interop.arguments import add_json, add_overrides
 from interop.config import load_config
 from interop.report import emit
-from jax_sft.models.flops import train_flops_per_token
-from jax_sft.train.run import initialize
-
-MEMORY_FIELDS = (
-    "argument_size_in_bytes",
-    "output_size_in_bytes",
-    "temp_size_in_bytes",
-    "alias_size_in_bytes",
-    "generated_code_size_in_bytes",
-)
-# Dense peak FLOP/s per device by (device kind prefix, dtype); MFU is reported where known.
-PEAK_FLOPS = {
-    ("NVIDIA H200", "bfloat16"): 989e12,
-    ("NVIDIA H100", "bfloat16"): 989e12,
-    ("NVIDIA A100", "bfloat16"): 312e12,
-}
+from jax_sft.bench import sparse_study
+from jax_sft.bench.throughput import throughput
+from jax_sft.train.engine import MEMORY_FIELDS
+from jax_sft.train.run import make_engine
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,55 +39,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def train_step_memory(engine) -> dict[str, int]:
-    """Per-device bytes of the engine's compiled train step."""
-    batch = jax.eval_shape(lambda: engine.global_batch(0))
-    batch = {
-        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=engine.placement.batch)
-        for k, v in batch.items()
-    }
-    compiled = engine._train_step.lower(engine.state, batch, np.float32(0.0)).compile()
-    analysis = compiled.memory_analysis()
-    return {field: int(getattr(analysis, field)) for field in MEMORY_FIELDS}
-
-
-def peak_flops(dtype: str) -> float | None:
-    kind = jax.devices()[0].device_kind
-    return next((v for (k, d), v in PEAK_FLOPS.items() if kind.startswith(k) and d == dtype), None)
-
-
-def throughput(engine, steps: int) -> dict:
-    """Tokens/s and MFU over `steps` timed steps (one warm-up step first)."""
-    jax.block_until_ready(engine.train_batch())
-    batches = [engine.global_batch(engine.step + i) for i in range(steps)]
-    started = time.perf_counter()
-    metrics = [engine.train_batch(b) for b in batches]
-    jax.block_until_ready(metrics)
-    elapsed = time.perf_counter() - started
-    tokens = sum(int(m["tokens"]) for m in metrics)
-    positions = sum(int(b["attention_mask"].size) for b in batches)
-    seq = engine.cfg.data.max_seq_len
-    flops = train_flops_per_token(engine.hf_config, seq) * positions / elapsed
-    peak = peak_flops(engine.cfg.model.dtype)
-    n = len(engine.mesh.devices.flat)
-    return {
-        "steps": steps,
-        "seconds": elapsed,
-        "tokens_per_s": tokens / elapsed,
-        "model_flops_per_s": flops,
-        "mfu": flops / (peak * n) if peak else None,
-        "device_kind": jax.devices()[0].device_kind,
-        "devices": n,
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.sparse:
         return run_study(args, cfg)
-    engine = initialize(cfg)
+    engine = make_engine(cfg)
     summary = {"mesh": dict(engine.mesh.shape), "zero_stage": cfg.parallel.zero_stage}
-    summary.update(train_step_memory(engine))
+    summary.update(engine.train_step_memory())
     lines = [f"mesh {summary['mesh']}, ZeRO-{cfg.parallel.zero_stage}; per device:"]
     lines += [f"  {k}: {summary[k]:,}" for k in MEMORY_FIELDS]
     if not args.memory:
@@ -121,8 +61,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_study(args: argparse.Namespace, cfg) -> int:
-    from jax_sft.commands import sparse_study
-
     rows = sparse_study.study(cfg, Path(args.work), args.sparse_lr)
     command = "jax-sft bench --sparse" + (f" {args.config}" if args.config else "")
     sparse_study.write_docs(rows, Path(args.docs), command)

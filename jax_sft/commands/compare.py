@@ -10,22 +10,18 @@ else by our Flax model. Only real tokens are compared.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from interop.arguments import add_json
-from interop.errors import BackendError, UserError
+from interop.errors import UserError
 from interop.probe import max_abs_diff, max_abs_logit_diff, probe_batch
+from interop.processes import torch_available, torch_logits
 from interop.report import emit
 from jax_sft.checkpoints.loading import read_checkpoint
 from jax_sft.models import registry
+from jax_sft.models.logits import jax_logits
 
 ENGINES = ("auto", "jax", "torch")
 
@@ -48,10 +44,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def torch_available() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
-
-
 def _engine_for(fmt: str, requested: str, path: Path) -> str:
     if requested == "torch" and fmt != "hf":
         raise UserError(f"--engine torch: {path} is a {fmt} checkpoint, not a Hugging Face one")
@@ -60,39 +52,6 @@ def _engine_for(fmt: str, requested: str, path: Path) -> str:
     if requested == "auto":
         return "torch" if fmt == "hf" and torch_available() else "jax"
     return requested
-
-
-def jax_logits(
-    config: dict, flat: dict[str, np.ndarray], batch: dict[str, np.ndarray]
-) -> np.ndarray:
-    """fp32 logits of our Flax model on the probe batch."""
-    model = registry.model_from_flat(config, flat.items())
-    forward = jax.jit(lambda m, ids, mask, pos: m(ids, mask, pos))
-    ids, mask, pos = (jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask", "positions"))
-    return np.asarray(forward(model, ids, mask, pos))
-
-
-def torch_logits(path: Path, batch: dict[str, np.ndarray]) -> np.ndarray:
-    """fp32 logits of the `transformers` model, computed by `torch-ref` in its own process."""
-    with tempfile.TemporaryDirectory() as tmp:
-        batch_file, out_file = Path(tmp) / "batch.npz", Path(tmp) / "logits.npy"
-        np.savez(batch_file, **batch)
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch_ref.cli",
-            "logits",
-            str(path),
-            "--batch",
-            str(batch_file),
-            "--out",
-            str(out_file),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-            raise BackendError(f"the PyTorch side failed (exit {proc.returncode}):\n{tail}")
-        return np.load(out_file)
 
 
 def param_diff(

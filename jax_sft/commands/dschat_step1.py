@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from interop.config import RunConfig
+from interop.config import ParallelConfig, RunConfig
 from interop.frontends.dschat import run_config_from_dschat
 from interop.report import emit, eval_printer
 from jax_sft.checkpoints.loading import read_checkpoint, write_checkpoint
+from jax_sft.sharding.mesh import data_parallel_size, make_mesh
 from jax_sft.train.run import train
 
 
@@ -32,7 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    data, notes = run_config_from_dschat(list(args.foreign_flags), cwd=Path.cwd())
+    # The flags never shape the mesh, so a --deepspeed_config's batch-size rule sees the
+    # data-parallel size of the default one: every device.
+    dp = data_parallel_size(make_mesh(ParallelConfig()))
+    data, notes = run_config_from_dschat(
+        list(args.foreign_flags), cwd=Path.cwd(), data_parallel_size=dp
+    )
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     cfg = RunConfig.model_validate(data)
@@ -47,5 +53,5 @@ def run(args: argparse.Namespace) -> int:
         flat = {k: v.astype(target) for k, v in flat.items()}
         config = {**config, "dtype": dtype}
     write_checkpoint(out, "hf", config, flat, tokenizer_src=out / "hf")
-    emit([f"saved the final model to {out}"], summary, False)
+    emit([f"saved the final model to {out}"], summary, cfg.logging.as_json)
     return 0

@@ -9,7 +9,7 @@ from interop.arguments import add_json, add_overrides
 from interop.config import load_config
 from interop.errors import UserError
 from interop.report import emit
-from jax_sft.train.run import initialize
+from jax_sft.train.run import make_engine
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     path = Path(args.checkpoint)
     model = path / "hf" if (path / "hf" / "config.json").is_file() else path
-    result = initialize(cfg, model=model).evaluate()
+    result = make_engine(cfg, model=model).evaluate()
     if not result:
         raise UserError(f"{args.config}: no eval set (set data.eval_sources or data.eval_fraction)")
     lines = [f"eval loss {result['eval_loss']:.4f}, ppl {result['eval_ppl']:.3f} ({model})"]

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 
 from interop.errors import UserError
+from interop.processes import free_port
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,12 +22,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--num-processes", type=int, required=True)
     p.add_argument("--cpu-devices", type=int, help="virtual CPU devices per process")
     p.set_defaults(run=run, takes_foreign_flags=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,8 +19,6 @@ import argparse
 import importlib.util
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,13 +27,13 @@ from interop.config import RunConfig, dump_config, load_config, with_sections
 from interop.errors import BackendError, UserError
 from interop.parity import compare_losses, compare_params, final_eval, plot, step_losses
 from interop.probe import max_abs_logit_diff, probe_batch
+from interop.processes import free_port, run_side, torch_logits
 from interop.report import emit
 from jax_sft.checkpoints.loading import read_checkpoint
-from jax_sft.commands.compare import jax_logits, torch_logits
+from jax_sft.models.logits import jax_logits
 from jax_sft.train.base_model import ensure_base
-from jax_sft.train.run import initialize, prepare_output
-
-STDERR_TAIL = 3000
+from jax_sft.train.modes import mode_class
+from jax_sft.train.run import make_engine, prepare_output
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,31 +54,13 @@ def starting_point(cfg: RunConfig, out: Path) -> RunConfig:
     if cfg.model.path is None:
         base = ensure_base(with_sections(cfg, {"train": {"output_dir": str(out)}}))
         cfg = with_sections(cfg, {"model": {"path": str(base), "tiny": None}})
-    if cfg.sparse.method == "none" and cfg.lora.rank == 0:
+    if mode_class(cfg).adapter_kind is None:
         return cfg
-    engine = initialize(with_sections(cfg, {"parallel": {"data": 1, "fsdp": 1, "tensor": 1}}))
+    engine = make_engine(with_sections(cfg, {"parallel": {"data": 1, "fsdp": 1, "tensor": 1}}))
     engine.export_adapter(out / "init-adapter")
     return with_sections(
         cfg, {"model": {"path": str(out / "init-adapter"), "base": str(engine.model_dir)}}
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _side(name: str, argv: list[str], env: dict, log: Path) -> None:
-    """Run one backend; a failure is that backend's, reported with its stderr tail."""
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
-    log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
-    if proc.returncode != 0:
-        tail = proc.stderr[-STDERR_TAIL:].rstrip()
-        raise BackendError(
-            f"the {name} side failed (exit {proc.returncode}), so nothing was compared; "
-            f"full log in {log}; its stderr ends:\n{tail}"
-        )
 
 
 def run_sides(config: Path, out: Path, procs: int) -> None:
@@ -98,14 +78,14 @@ def run_sides(config: Path, out: Path, procs: int) -> None:
     mesh = ["--set", f"parallel.data={procs}", "--overwrite"]
     jax_argv = [sys.executable, "-m", "jax_sft.cli", "train", str(config)]
     jax_argv += ["--set", f"train.output_dir={out / 'jax'}", *mesh]
-    _side("jax", jax_argv, jax_env, out / "jax.log")
+    run_side("jax", jax_argv, jax_env, out / "jax.log")
     torch_args = ["train", str(config), "--set", f"train.output_dir={out / 'torch'}", *mesh]
     if procs > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs)]
-        launcher += ["--master_port", str(_free_port()), "-m", "torch_ref.cli"]
+        launcher += ["--master_port", str(free_port()), "-m", "torch_ref.cli"]
     else:
         launcher = [sys.executable, "-m", "torch_ref.cli"]
-    _side("torch", [*launcher, *torch_args], dict(os.environ), out / "torch.log")
+    run_side("torch", [*launcher, *torch_args], dict(os.environ), out / "torch.log")
 
 
 def summarize(out: Path, steps: int, procs: int) -> dict:
@@ -154,13 +134,10 @@ def run(args: argparse.Namespace) -> int:
     )
     summary.update(passed=passed, rtol=args.rtol, param_atol=args.param_atol)
     (out / "parity.json").write_text(json.dumps(summary, indent=1) + "\n")
-    trained = (
-        f"sparse {cfg.sparse.method}"
-        if cfg.sparse.method != "none"
-        else f"LoRA r={cfg.lora.rank}"
-        if cfg.lora.rank
-        else "dense"
-    )
+    trained = {
+        "sparse": f"sparse {cfg.sparse.method}",
+        "lora": f"LoRA r={cfg.lora.rank}",
+    }.get(cfg.training_mode, cfg.training_mode)
     title = (
         f"{Path(args.config).name}: {trained}, {cfg.model.dtype}, ZeRO-{cfg.parallel.zero_stage}, "
         f"{args.torch_procs} process(es)"

@@ -78,5 +78,5 @@ def run(args: argparse.Namespace) -> int:
     if last:
         lines.append(f"eval loss {last['eval_loss']:.4f}, ppl {last['eval_ppl']:.3f}")
     if distributed.is_main():
-        emit(lines, summary, args.json)
+        emit(lines, summary, args.json or cfg.logging.as_json)
     return 0

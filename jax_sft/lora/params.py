@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from interop.config import LoraConfig
+from jax_sft.core.trees import update_leaves
 from jax_sft.lora.targets import Target
-from jax_sft.train.trainable import update_leaves
 
 LoraTree = dict[str, dict[str, np.ndarray]]  # our kernel path -> {"a": [in, r], "b": [r, out]}
 

@@ -11,7 +11,7 @@ inside a forward pass.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +55,27 @@ class Transform:
             cols, rows = np.divmod(indices.astype(np.int64), our_shape[0])
             return (rows * our_shape[1] + cols).astype(indices.dtype)
         return indices
+
+    def hf_slice(
+        self, index: tuple[slice, ...], our_shape: Shape
+    ) -> tuple[tuple[slice, ...], Callable[[np.ndarray], np.ndarray]]:
+        """The block of the HF tensor that holds our slice `index`, and how to turn that
+        block into our slice: a device's shard is read without the rest of the tensor."""
+        bounds = [s.indices(n)[:2] for s, n in zip(index, our_shape, strict=True)]
+        if self.kind == "transpose":
+            return tuple(reversed(index)), lambda x: np.ascontiguousarray(x.T)
+        if self.kind != "merge":
+            return tuple(index), lambda x: x
+        head = len(our_shape) - self.merged
+        rest = int(np.prod(our_shape[head + 1 :]))
+        start, stop = bounds[head]
+        block = (*index[:head], slice(start * rest, stop * rest))
+        inner = (slice(None),) * (head + 1) + tuple(index[head + 1 :])
+
+        def to_ours(x: np.ndarray) -> np.ndarray:
+            return x.reshape(*x.shape[:head], stop - start, *our_shape[head + 1 :])[inner]
+
+        return block, to_ours
 
     def hf_shape(self, our_shape: Shape) -> Shape:
         if self.kind == "transpose":
@@ -118,6 +139,36 @@ class NameTable:
         raise UserError(f"unexpected tensor {hf_name} (not a parameter of this model)")
 
 
+def _ours_for(
+    table: NameTable, name: str, shape: Shape, expected: Mapping[str, Shape], source: str
+) -> tuple[str, Transform] | None:
+    """(our path, transform) of the HF tensor `name` with `shape`, checked against the
+    model's `expected` shapes; None for a tensor the table ignores."""
+    try:
+        found = table.to_our_path(name)
+    except UserError as err:
+        raise UserError(f"{source}: {err}") from None
+    if found is None:
+        return None
+    path, transform = found
+    if path not in expected:
+        raise UserError(f"{source}: unexpected tensor {name} (not in this model's config)")
+    want = transform.hf_shape(expected[path])
+    if tuple(shape) != want:
+        raise UserError(f"{source}: tensor {name} has shape {tuple(shape)}, expected {want}")
+    return path, transform
+
+
+def _check_complete(
+    table: NameTable, seen: Iterable[str], expected: Mapping[str, Shape], source: str
+) -> None:
+    seen = set(seen)
+    missing = [table.to_hf_name(p)[0] for p in expected if p not in seen]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"{source}: missing tensor {missing[0]}{more}")
+
+
 def hf_to_ours(
     table: NameTable,
     tensors: Iterable[tuple[str, np.ndarray]],
@@ -130,26 +181,29 @@ def hf_to_ours(
     """
     seen: set[str] = set()
     for name, array in tensors:
-        try:
-            found = table.to_our_path(name)
-        except UserError as err:
-            raise UserError(f"{source}: {err}") from None
-        if found is None:
-            continue
-        path, transform = found
-        if path not in expected:
-            raise UserError(f"{source}: unexpected tensor {name} (not in this model's config)")
-        want = transform.hf_shape(expected[path])
-        if tuple(array.shape) != want:
-            raise UserError(
-                f"{source}: tensor {name} has shape {tuple(array.shape)}, expected {want}"
-            )
-        seen.add(path)
-        yield path, transform.to_ours(array, expected[path])
-    missing = [table.to_hf_name(p)[0] for p in expected if p not in seen]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise UserError(f"{source}: missing tensor {missing[0]}{more}")
+        found = _ours_for(table, name, array.shape, expected, source)
+        if found is not None:
+            path, transform = found
+            seen.add(path)
+            yield path, transform.to_ours(array, expected[path])
+    _check_complete(table, seen, expected, source)
+
+
+def hf_layout(
+    table: NameTable,
+    shapes: Mapping[str, Shape],
+    expected: Mapping[str, Shape],
+    source: str,
+) -> dict[str, tuple[str, Transform]]:
+    """{our path: (stored HF name, transform)} from the stored tensors' names and shapes
+    alone, with the checks of `hf_to_ours`; nothing is read."""
+    layout = {}
+    for name, shape in shapes.items():
+        found = _ours_for(table, name, shape, expected, source)
+        if found is not None:
+            layout[found[0]] = (name, found[1])
+    _check_complete(table, layout, expected, source)
+    return layout
 
 
 def ours_to_hf(

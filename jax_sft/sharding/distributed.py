@@ -46,7 +46,9 @@ def _int(text: str | None) -> int | None:
 def initialize(
     coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
 ) -> bool:
-    """Join the other processes if there are any; True when running multi-process."""
+    """Join the other processes if there are any (once); True when running multi-process."""
+    if jax.distributed.is_initialized():
+        return True
     found = settings(coordinator, num_processes, process_id)
     if found is None:
         return False

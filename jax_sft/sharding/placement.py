@@ -13,12 +13,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jax_sft.sharding.mesh import DATA_AXES
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Shardings of a run's arrays: the state tree, the gradient tree, a global train
+    batch [accumulation, micro, seq], a batch of rows [rows, seq] (eval, micro-batch),
+    replicated values."""
+
+    state: dict
+    grads: dict
+    batch: object
+    rows: object
+    replicated: object
+
 
 TENSOR_RULES = {"heads": "tensor", "kv_heads": "tensor", "mlp": "tensor", "vocab": "tensor"}
 
@@ -86,6 +102,42 @@ def named(mesh: Mesh, specs):
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec)
 
 
+def param_shardings(mesh: Mesh, zero_stage: int, params: Mapping, axes: Mapping) -> Mapping:
+    """Where each parameter lives at a ZeRO stage; `params` may be abstract (shapes only),
+    so loading can place each tensor straight where it belongs."""
+    return named(mesh, param_specs(params, axes, mesh, zero_axes(zero_stage)["params"]))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """A global train batch [accumulation, rows, seq]: rows over the data-parallel axes."""
+    return NamedSharding(mesh, P(None, DATA_AXES, None))
+
+
+def rows_sharding(mesh: Mesh) -> NamedSharding:
+    """A batch [rows, seq] (a micro-batch, an eval batch): rows over the data-parallel axes."""
+    return NamedSharding(mesh, P(DATA_AXES, None))
+
+
+def place_batch(host: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict:
+    """A host batch laid out by `sharding`; each process builds only its devices' rows."""
+    return {
+        k: jax.make_array_from_callback(np.shape(v), sharding, lambda i, v=v: np.asarray(v[i]))
+        for k, v in host.items()
+    }
+
+
+def place(host, shardings):
+    """Host arrays (a tree) laid out by `shardings` (a tree alike): each device gets
+    only its own slice, and each process builds only its own devices' slices."""
+    return jax.tree.map(
+        lambda x, s: jax.make_array_from_callback(
+            np.shape(x), s, lambda index, x=x: np.asarray(x[index])
+        ),
+        host,
+        shardings,
+    )
+
+
 def build_placement(
     mesh: Mesh,
     zero_stage: int,
@@ -95,15 +147,13 @@ def build_placement(
     *,
     trained_key: str = "params",
     extra: Mapping | None = None,
-):
+) -> Placement:
     """The Placement of a run's train state, gradients and batches on `mesh`.
 
     When the trained tree is not the parameters (sparse values, LoRA factors, a few
     dense leaves), it is small: it, the other `extra` trees, its gradients and its
     optimizer state are replicated; the frozen base is placed like dense parameters.
     """
-    from jax_sft.train.step import Placement
-
     zero = zero_axes(zero_stage)
     replicated = NamedSharding(mesh, P())
     if trained_key != "params":
@@ -114,11 +164,16 @@ def build_placement(
         opt = named(mesh, opt_specs)
         grads = named(mesh, param_specs(params, axes, mesh, zero["grads"]))
     state = {
-        "params": named(mesh, param_specs(params, axes, mesh, zero["params"])),
+        "params": param_shardings(mesh, zero_stage, params, axes),
         **{k: jax.tree.map(lambda _: replicated, v) for k, v in (extra or {}).items()},
         "opt_state": opt,
         "step": replicated,
         "rng": replicated,
     }
-    batch = NamedSharding(mesh, P(None, DATA_AXES, None))
-    return Placement(state=state, grads=grads, batch=batch, replicated=replicated)
+    return Placement(
+        state=state,
+        grads=grads,
+        batch=batch_sharding(mesh),
+        rows=rows_sharding(mesh),
+        replicated=replicated,
+    )

@@ -9,8 +9,8 @@ those k entries; but the optimizer sees only v, so Adam keeps 2k moments instead
 (0/1 gradient masks on dense tensors save no optimizer memory.) Dynamic selection changes
 the values of I, never its length, so the compiled train step never changes shape.
 
-Built so far: the delta arithmetic (`deltas`), the choice of entries (`select`: random,
-magnitude, bitfit, fisher with `fisher` scores, lt-sft with the engine's dense phase),
-training through `jax_sft.train.trainable.SparseTraining`, and adapter files
-(`interop.sparse_format`). Not yet: LoRA, spiel, dense-trainable leaves, L1/L2 penalties.
+Here: the delta arithmetic (`deltas`), the choice of entries (`select`: random,
+magnitude, bitfit; fisher and lt-sft rank by `scores`, fisher's from `fisher`), SpIEL's
+moving index sets (`spiel`), and the training mode (`mode.SparseTraining`: dense-trainable
+leaves beside the deltas, L1/L2 penalties, the adapter export in `interop.sparse_format`).
 """

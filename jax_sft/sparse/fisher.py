@@ -15,8 +15,8 @@ import numpy as np
 from flax import nnx
 
 from interop.data.batches import Batches
-from jax_sft.models.registry import path_str
-from jax_sft.train.loss import loss_sum_and_count
+from jax_sft.core.loss import loss_sum_and_count
+from jax_sft.core.trees import dotted
 
 
 def fisher_scores(
@@ -34,11 +34,7 @@ def fisher_scores(
             )
             return s / jnp.maximum(n, 1)
 
-        grads = jax.grad(loss)(p)
-        flat = {
-            path_str(tuple(k.key for k in path)): g
-            for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]
-        }
+        flat = dotted(jax.grad(loss)(p))
         return {t: jnp.square(flat[t]) for t in targets}
 
     step = jax.jit(squared_grad)

@@ -10,25 +10,15 @@ rank entries across tensors. Indices come back sorted, int32, one array per tens
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
 
+import jax
 import numpy as np
 
 from interop.config import SparseConfig
 from interop.errors import UserError
-
-
-def matching(paths: Iterable[str], patterns: list[str], field: str) -> list[str]:
-    """The parameter paths that fully match one of `patterns` (the setting `field`);
-    an error lists the parameter names when none does."""
-    paths = list(paths)
-    chosen = [p for p in paths if any(re.fullmatch(pat, p) for pat in patterns)]
-    if not chosen:
-        raise UserError(
-            f"{field}: {patterns} matches no parameter (parameters: {', '.join(paths)})"
-        )
-    return chosen
+from jax_sft.core.trees import dense_leaves, matching
+from jax_sft.sharding.distributed import to_host
 
 
 def targets(
@@ -42,13 +32,9 @@ def targets(
     return chosen
 
 
-def dense_leaves(paths: Iterable[str], cfg: SparseConfig) -> list[str]:
+def dense_trainable(paths: Iterable[str], cfg: SparseConfig) -> list[str]:
     """The parameters `sparse.dense_trainable` names: trained whole, beside the deltas."""
-    return (
-        matching(paths, cfg.dense_trainable, "sparse.dense_trainable")
-        if cfg.dense_trainable
-        else []
-    )
+    return dense_leaves(paths, cfg.dense_trainable, "sparse.dense_trainable")
 
 
 def lora_width(shape: tuple[int, ...]) -> int:
@@ -86,9 +72,13 @@ def random_indices(size: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(size, size=k, replace=False)).astype(np.int32)
 
 
-def magnitude_indices(weight: np.ndarray, k: int) -> np.ndarray:
+def _host(weight) -> np.ndarray:
+    return to_host(weight) if isinstance(weight, jax.Array) else np.asarray(weight)
+
+
+def magnitude_indices(weight, k: int) -> np.ndarray:
     """The k largest |W| entries, sorted (ties broken by position, so it is deterministic)."""
-    flat = np.abs(np.asarray(weight, np.float32).reshape(-1))
+    flat = np.abs(_host(weight).astype(np.float32).reshape(-1))
     order = np.argsort(-flat, kind="stable")[:k]
     return np.sort(order).astype(np.int32)
 
@@ -106,7 +96,7 @@ def global_top(scores: Mapping[str, np.ndarray], count: int) -> dict[str, np.nda
 
 
 def select(
-    params: Mapping[str, np.ndarray],
+    params: Mapping[str, np.ndarray | jax.Array],
     cfg: SparseConfig,
     seed: int,
     scores: Mapping[str, np.ndarray] | None = None,
@@ -116,7 +106,7 @@ def select(
 
 
 def _choose(
-    params: Mapping[str, np.ndarray],
+    params: Mapping[str, np.ndarray | jax.Array],
     cfg: SparseConfig,
     seed: int,
     scores: Mapping[str, np.ndarray] | None = None,
@@ -127,12 +117,12 @@ def _choose(
     shapes = {p: tuple(a.shape) for p, a in params.items()}
     if cfg.method == "bitfit":
         return bitfit(shapes)
-    chosen = targets(shapes, cfg.target, dense_leaves(shapes, cfg))
+    chosen = targets(shapes, cfg.target, dense_trainable(shapes, cfg))
     count = budget(shapes, chosen, cfg)
     if cfg.method == "fisher" or (cfg.method == "lt-sft" and cfg.allocation == "global"):
         return global_top({p: scores[p] for p in chosen}, count)
     if cfg.method == "magnitude" and cfg.allocation == "global":
-        return global_top({p: np.abs(np.asarray(params[p], np.float32)) for p in chosen}, count)
+        return global_top({p: np.abs(_host(params[p]).astype(np.float32)) for p in chosen}, count)
     per = proportional(shapes, chosen, count)
     rng = np.random.default_rng(seed)
     if cfg.method in ("random", "spiel"):

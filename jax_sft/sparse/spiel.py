@@ -26,10 +26,11 @@ import optax
 from flax import nnx
 
 from interop.config import SparseConfig
+from jax_sft.core.forward import forward_loss
+from jax_sft.core.loss import scored_tokens
+from jax_sft.core.mode import TrainingMode
+from jax_sft.core.trees import leaf_at, update_leaves
 from jax_sft.sharding.distributed import to_host
-from jax_sft.train.loss import scored_tokens
-from jax_sft.train.step import forward_loss
-from jax_sft.train.trainable import Mode, leaf_at, update_leaves
 
 
 def drop_fraction(step: int, total: int, initial: float) -> float:
@@ -67,7 +68,7 @@ def regrow(
 
 
 def make_dense_grad(
-    graphdef: nnx.GraphDef, mode: Mode, targets: list[str]
+    graphdef: nnx.GraphDef, mode: TrainingMode, targets: list[str]
 ) -> Callable[[dict, dict], dict]:
     """jit(fn)(state, batch [accum, micro, seq]) -> {path: dense gradient of the mean
     token loss with respect to each targeted (effective) weight}."""
@@ -109,11 +110,16 @@ def replace_adam(opt_state, new: optax.ScaleByAdamState):
 
 class Spiel:
     """The index-set schedule of one run: accumulate dense gradients in the window before
-    each reselection, then swap entries; the engine calls `observe` before each step
-    and `update` after it."""
+    each reselection, then swap entries; the sparse mode calls `observe` before each
+    step and `update` after it."""
 
     def __init__(
-        self, graphdef: nnx.GraphDef, mode: Mode, targets: list[str], cfg: SparseConfig, total: int
+        self,
+        graphdef: nnx.GraphDef,
+        mode: TrainingMode,
+        targets: list[str],
+        cfg: SparseConfig,
+        total: int,
     ):
         self.cfg, self.total = cfg, total
         self._grad = make_dense_grad(graphdef, mode, targets)

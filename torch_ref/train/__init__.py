@@ -5,5 +5,6 @@ the same batches (`interop.data`), the same token-averaged loss over the whole g
 batch, AdamW with the same groups, clipping and schedule (`interop.schedules`), the same
 sparse and LoRA semantics. One file per concept: `distributed` (process group), `model`
 (loading, vocabulary, adapters), `sparse`, `lora`, `data`, `loss`, `optimizer`,
-`ds_config`, `loop` (the engine), `metrics`, `export`, `run` (the command's body).
+`ds_config`, `trainer` (the engine; the loop is `interop.loop`), `export`, `api`
+(`torch_ref.initialize`), `run` (the command's body).
 """

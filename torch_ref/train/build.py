@@ -18,8 +18,8 @@ import torch
 from interop.config import RunConfig
 from interop.data.tokenizer import load_tokenizer, prepare_tokenizer
 from interop.errors import UserError
+from interop.preflight import check_run
 from interop.sparse_format import checked_adapter
-from interop.vocab import max_positions
 from torch_ref.train import lora, sparse
 from torch_ref.train.model import (
     Source,
@@ -42,18 +42,10 @@ class Built:
     notes: list[str] = field(default_factory=list)
 
 
-def _mode(cfg: RunConfig) -> str:
-    if cfg.sparse.method != "none":
-        return "sparse"
-    return "lora" if cfg.lora.rank > 0 else "dense"
-
-
 def build(cfg: RunConfig) -> Built:
     """The run's trainable module (on the CPU, float32) and its prepared tokenizer."""
     _check_dtype(cfg.model.dtype)
-    if cfg.model.dropout:
-        raise UserError("model.dropout: the JAX backend has no dropout; use 0 on both sides")
-    mode = _mode(cfg)
+    mode = cfg.training_mode
     source = resolve_source(cfg)
     model, notes = load_hf_model(source.model_dir)
     stored = StoredWeights(source.model_dir, model)
@@ -61,7 +53,7 @@ def build(cfg: RunConfig) -> Built:
     deltas = None
     if mode == "sparse":
         sparse.check_supported(cfg, source.adapter_kind == "sparse-adapter")
-        _, deltas = checked_adapter(source.adapter, source.model_dir, stored.fingerprint())
+        _, deltas = checked_adapter(source.adapter, source.model_dir, base_fp)
         count = sum(idx.size for idx, _ in deltas.values())
         notes.append(
             f"continuing the {count} entries of {source.adapter}; sparse.method and the "
@@ -79,11 +71,7 @@ def build(cfg: RunConfig) -> Built:
         add_eot_token=cfg.data.add_eot_token,
     )
     resize_vocab(model, len(tok), stored)
-    limit = max_positions(model.config.to_dict())
-    if cfg.data.max_seq_len > limit:
-        raise UserError(
-            f"data.max_seq_len: {cfg.data.max_seq_len} is beyond the model's {limit} positions"
-        )
+    check_run(cfg, model.config.to_dict())
     if cfg.model.remat:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if mode == "sparse":

@@ -1,4 +1,4 @@
-"""The run's batches, exactly as the JAX engine builds them, and each rank's share.
+"""Each rank's share of the run's batches (`interop.data.run_data`, as the JAX engine's).
 
 The global batch of optimizer step s is `Batches.batch(s)`: [accum * micro * dp, seq]
 numpy arrays, a pure function of (seed, s). The JAX step reshapes it to
@@ -12,42 +12,22 @@ r * eval_micro ... + eval_micro and the sums are all-reduced.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
 from interop.config import RunConfig
-from interop.data.batches import Batches
-from interop.data.pipeline import build_datasets
 from interop.errors import UserError
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast
 
 MODEL_KEYS = ("input_ids", "attention_mask", "positions", "labels")
 
 
-def load_batches(
-    cfg: RunConfig, tok: PreTrainedTokenizerFast, eot: str, dp: int
-) -> tuple[Batches, Batches | None]:
-    """Train and eval batches of a run on `dp` ranks (`tok` prepared by `build`)."""
+def refuse_packing(cfg: RunConfig) -> None:
+    """Packed rows need attention kept inside each segment, which HF's attention lacks."""
     if cfg.data.packing:
         raise UserError(
             "data.packing: packed rows need attention kept inside each segment, which the "
             "PyTorch reference (HF eager attention) cannot express; use packing: false"
         )
-    train, evals = build_datasets(cfg.data, tok, eot, base_dir=Path("."))
-    t = cfg.train
-    common = dict(seq_len=cfg.data.max_seq_len, pad_id=tok.pad_token_id, packing=False, seed=t.seed)
-    batches = Batches(
-        train, batch_size=t.micro_batch_size * t.gradient_accumulation_steps * dp, **common
-    )
-    if not evals:
-        return batches, None
-    eval_size = (t.eval_batch_size or t.micro_batch_size) * dp
-    return batches, Batches(evals, batch_size=eval_size, shuffle=False, **common)
 
 
 def rows(

@@ -20,8 +20,8 @@ from deepspeed.utils import safe_get_full_fp32_param
 from interop.outputs import output_dir
 from torch_ref.train import distributed, sparse
 from torch_ref.train.build import build
-from torch_ref.train.loop import Trainer
 from torch_ref.train.model import restore_dropout
+from torch_ref.train.trainer import Trainer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -132,7 +132,7 @@ class StoredWeights:
 
     def fingerprint(self) -> str:
         """`interop.sparse_format.fingerprint` of the base, as the JAX side computes it."""
-        return fingerprint((name, self.get(name)) for name in self.stored)
+        return fingerprint(self.stored, self.get)
 
 
 def set_weight(model: torch.nn.Module, name: str, array: np.ndarray) -> None:

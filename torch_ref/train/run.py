@@ -22,12 +22,12 @@ import transformers
 from interop.config import RunConfig, load_config
 from interop.errors import UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
-from interop.outputs import check_run_dir, clear_run_dir, has_checkpoint
+from interop.outputs import check_run_dir, clear_run_dir, has_checkpoint, removed_if_refused
 from interop.report import emit, eval_printer
 from torch_ref.train import distributed
 from torch_ref.train.build import build
 from torch_ref.train.export import export
-from torch_ref.train.loop import Trainer
+from torch_ref.train.trainer import Trainer
 
 
 def run_config(args: argparse.Namespace, dp: int) -> tuple[RunConfig, list[str]]:
@@ -75,13 +75,9 @@ def train(args: argparse.Namespace) -> int:
     if main:
         clear_run_dir(out, overwrite=args.overwrite)
     distributed.barrier()
-    try:
+    with removed_if_refused(out, created and main):
         built = build(cfg)
         trainer = Trainer(cfg, built)
-    except UserError:
-        if created and main and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # a refused run leaves no trace
-        raise
     for note in [*notes, *built.notes] if main else ():
         print(f"note: {note}", file=sys.stderr)
     summary = trainer.fit(eval_printer(cfg.logging.style))
@@ -92,5 +88,5 @@ def train(args: argparse.Namespace) -> int:
     if last:
         lines.append(f"eval loss {last['eval_loss']:.4f}, ppl {last['eval_ppl']:.3f}")
     if main:
-        emit(lines, summary, args.json)
+        emit(lines, summary, args.json or cfg.logging.as_json)
     return 0

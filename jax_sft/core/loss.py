@@ -1,9 +1,9 @@
 """Causal-LM cross entropy, summed, with the count it should be averaged over.
 
-Labels follow the HF convention (aligned with the inputs, -100 = ignored) and are shifted
-here: position t predicts label t+1. Returning (sum, count) rather than a mean lets
-gradient accumulation average over all non-masked tokens of the global batch, not over
-each micro-batch.
+Labels follow the HF convention (aligned with the inputs, `IGNORE` = -100 = not scored)
+and are shifted here: position t predicts label t+1. Returning (sum, count) rather than a
+mean lets gradient accumulation average over all non-masked tokens of the global batch,
+not over each micro-batch.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IGNORE = -100
+from interop.data.examples import IGNORE
 
 
 def loss_sum_and_count(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:

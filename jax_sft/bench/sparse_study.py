@@ -21,11 +21,10 @@ import jax
 
 from interop.config import RunConfig, with_sections
 from interop.plots import loss_curves
-from jax_sft.commands.bench import train_step_memory
 from jax_sft.models import registry
 from jax_sft.sparse.select import lora_width, targets
 from jax_sft.train.base_model import ensure_base
-from jax_sft.train.run import initialize, prepare_output
+from jax_sft.train.run import make_engine, prepare_output
 
 METHODS = ("random", "magnitude", "fisher", "lt-sft", "spiel")
 DENSITIES = (0.01, 0.05)
@@ -77,8 +76,8 @@ def run_variant(cfg: RunConfig, name: str) -> dict:
     """Train one variant to the end; its figures and eval-loss curve."""
     out = Path(cfg.train.output_dir)
     prepare_output(out, overwrite=True, resume=False)
-    engine = initialize(cfg)
-    memory = train_step_memory(engine)
+    engine = make_engine(cfg)
+    memory = engine.train_step_memory()
     trained = engine.state[engine.mode.key]
     row = {
         "name": name,
@@ -104,7 +103,7 @@ def study(cfg: RunConfig, work: Path, sparse_lr: float, evals: int = 12) -> list
     """Every variant of the study on `cfg`'s base model and data, in `work`."""
     if cfg.model.path is None:
         cfg = with_sections(cfg, {"model": {"path": str(ensure_base(cfg)), "tiny": None}})
-    probe = initialize(cfg)
+    probe = make_engine(cfg)
     total = probe.total_steps  # the same for every variant: same data, same batches
     shapes = registry.expected_shapes(probe.hf_config)
     del probe

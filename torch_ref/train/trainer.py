@@ -1,4 +1,4 @@
-"""The reference training loop: DeepSpeed engine, one optimizer step per global batch.
+"""The reference trainer: DeepSpeed's engine, one optimizer step per global batch.
 
 Loss scaling under DeepSpeed. The JAX step sums token losses over every micro-batch of
 the global batch (all accumulation steps, all data-parallel ranks) and divides by N, the
@@ -16,8 +16,7 @@ metric: DeepSpeed's ZeRO and mixed-precision optimizers record it during `step`;
 ZeRO-0 in fp32 the client optimizer runs unwrapped and records none, so we compute it
 from `param.grad` after the boundary all-reduce and before `step` clips.
 
-The loop itself (when to log, save, evaluate; metrics rows; the NaN stop) mirrors
-`jax_sft.train.engine.Engine.fit`, so both backends write the same rows.
+When to log, save and evaluate is `interop.loop`, the loop the JAX engine runs too.
 """
 
 from __future__ import annotations
@@ -25,8 +24,6 @@ from __future__ import annotations
 import math
 import re
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import deepspeed
@@ -34,12 +31,13 @@ import torch
 
 from interop.config import RunConfig
 from interop.data.batches import Batches
+from interop.data.run_data import run_data
 from interop.errors import UserError
-from interop.metrics_log import MetricsLog
+from interop.loop import eval_result, fit
 from interop.schedules import learning_rate
 from torch_ref.train import distributed, sparse
 from torch_ref.train.build import Built
-from torch_ref.train.data import load_batches, micro_batches, rows
+from torch_ref.train.data import micro_batches, refuse_packing, rows
 from torch_ref.train.ds_config import ds_config
 from torch_ref.train.loss import forward_loss
 from torch_ref.train.optimizer import make_optimizer, make_scheduler
@@ -54,9 +52,12 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.train.output_dir)
         self.dp, self.rank = distributed.world_size(), distributed.rank()
-        self.batches, self.eval_batches = load_batches(cfg, built.tokenizer, built.eot, self.dp)
-        t = cfg.train
-        self.total_steps = t.max_steps or t.epochs * self.batches.steps_per_epoch
+        self.is_main = distributed.is_main()
+        refuse_packing(cfg)
+        data = run_data(cfg, built.tokenizer, built.eot, self.dp)
+        self.batches, self.eval_batches = data.global_batches(), data.eval_batches()
+        self.total_steps = data.total_steps()
+        self.steps_per_epoch = self.batches.steps_per_epoch
         optimizer = make_optimizer(built.model, cfg)
         if not optimizer.param_groups:
             raise UserError("the run has no trainable parameters")
@@ -68,21 +69,16 @@ class Trainer:
             config=ds_config(cfg, self.dp, persistent_numel=sparse.penalty_numel(built.model, cfg)),
         )
         self.own_norm = self.engine.optimizer is optimizer  # ZeRO-0 fp32: unwrapped
-        self.step = 0
-        self.log: MetricsLog | None = None
-        self._last_logged: dict = {}
-        self._last_flush = time.monotonic()
-
-    # -- one step, evaluation, checkpoints -------------------------------------------------
+        self.global_steps = 0
 
     def lr(self, step: int) -> float:
         c = self.cfg
         return learning_rate(step, c.optim.learning_rate, c.schedule, self.total_steps)
 
-    def train_batch(self) -> dict:
+    def train_step(self) -> dict:
         """One optimizer step on the run's next global batch; its metrics."""
         t = self.cfg.train
-        batch = self.batches.batch(self.step)
+        batch = self.batches.batch(self.global_steps)
         tokens = Batches.loss_tokens(batch)
         scale = self.dp / max(tokens, 1)
         parts = micro_batches(
@@ -107,15 +103,14 @@ class Trainer:
             self.engine.step()
         if grad_norm is None:
             grad_norm = float(self.engine.get_global_grad_norm())
-        lr = self.lr(self.step)
-        self.step += 1
+        lr = self.lr(self.global_steps)
+        self.global_steps += 1
         (loss_sum,) = distributed.all_sum([loss_sum])
-        return {
-            "loss": loss_sum / max(tokens, 1),
-            "grad_norm": grad_norm,
-            "tokens": tokens,
-            "lr": lr,
-        }
+        return {"loss": loss_sum / max(tokens, 1), "grad_norm": grad_norm, "tokens": tokens,
+                "lr": lr}  # fmt: skip
+
+    def host_metrics(self, metrics: list[dict]) -> list[dict]:
+        return metrics
 
     def _grad_norm(self) -> float:
         squares = [
@@ -126,7 +121,7 @@ class Trainer:
         return math.sqrt(float(sum(squares)))
 
     def evaluate(self) -> dict[str, float]:
-        """Eval loss and perplexity, as `Engine.evaluate` computes them."""
+        """Eval loss and perplexity, as the JAX engine computes them."""
         if self.eval_batches is None:
             return {}
         size = self.eval_batches.batch_size // self.dp
@@ -138,11 +133,7 @@ class Trainer:
                 s, n = distributed.all_sum([float(total), float(count)])
                 sums.append(s)
                 counts.append(n)
-        if self.cfg.logging.style == "dschat":
-            loss = sum(s / max(n, 1) for s, n in zip(sums, counts, strict=True)) / len(sums)
-        else:
-            loss = sum(sums) / max(sum(counts), 1)
-        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 700.0))}
+        return eval_result(sums, counts, self.cfg.logging.style)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -150,10 +141,11 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """A DeepSpeed checkpoint tagged step_N; only the newest keep_checkpoints stay."""
+        step = self.global_steps
         self.engine.save_checkpoint(
-            str(self.checkpoint_dir), tag=f"step_{self.step}", client_state={"step": self.step}
+            str(self.checkpoint_dir), tag=f"step_{step}", client_state={"step": step}
         )
-        if distributed.is_main():
+        if self.is_main:
             tags = sorted(
                 (int(m.group(1)), p)
                 for p in self.checkpoint_dir.iterdir()
@@ -163,83 +155,19 @@ class Trainer:
                 shutil.rmtree(old)
         distributed.barrier()
 
-    def load_checkpoint(self) -> int | None:
+    def restore_latest(self) -> int | None:
         """Restore the latest checkpoint of the output directory; its step (None: none)."""
         if not (self.checkpoint_dir / "latest").is_file():
             return None
         path, client = self.engine.load_checkpoint(str(self.checkpoint_dir))
         if path is None:
             raise UserError(f"{self.checkpoint_dir}: cannot load the latest DeepSpeed checkpoint")
-        self.step = int(client["step"])
-        return self.step
+        self.global_steps = int(client["step"])
+        return self.global_steps
 
-    # -- the loop ----------------------------------------------------------------------------
-
-    def _report_eval(self, printer: Callable[[dict], None]) -> dict:
-        result = self.evaluate()
-        if result:
-            self.log.write({"step": self.step, **result})
-            if distributed.is_main():
-                printer(result)
-        return result
-
-    def fit(self, printer: Callable[[dict], None]) -> dict:
+    def fit(self, printer=None) -> dict:
         """Train to the end (resuming from the latest checkpoint if there is one)."""
-        t, lg = self.cfg.train, self.cfg.logging
-        tb = Path(lg.tensorboard_dir or self.out / "tensorboard") if lg.tensorboard else None
-        self.log = MetricsLog(
-            self.out / "metrics.jsonl", tensorboard_dir=tb, enabled=distributed.is_main()
-        )
-        try:
-            resumed = self.load_checkpoint()
-            self.log.truncate_after(resumed or 0)
-            first_eval = self._report_eval(printer) if resumed is None else {}
-            last_eval, pending, last_good = first_eval, [], resumed
-            self._last_flush = time.monotonic()
-            steps_per_epoch = self.batches.steps_per_epoch
-            while self.step < self.total_steps:
-                pending.append((self.step + 1, self.train_batch()))
-                done = self.step
-                boundary = done % steps_per_epoch == 0
-                final = done == self.total_steps
-                save = bool(t.save_every and done % t.save_every == 0) or final
-                if done % t.log_every == 0 or save or boundary:
-                    self._flush(pending, last_good)
-                    pending = []
-                if save:
-                    self.save_checkpoint()
-                    last_good = done
-                if (t.eval_every and done % t.eval_every == 0) or boundary or final:
-                    last_eval = self._report_eval(printer)
-        finally:
-            self.log.close()
-        return {
-            "steps": self.step,
-            "first_eval": first_eval,
-            "last_eval": last_eval,
-            **self._last_logged,
-        }
+        return fit(self, printer)
 
-    def _flush(self, pending: list[tuple[int, dict]], last_good: int | None) -> None:
-        """Log the pending steps' metrics; stop on a NaN loss."""
-        now = time.monotonic()
-        rate = sum(m["tokens"] for _, m in pending) / max(now - self._last_flush, 1e-9)
-        self._last_flush = now
-        for step, m in pending:
-            if not math.isfinite(m["loss"]):
-                where = (
-                    f"the last good checkpoint is step {last_good} in {self.checkpoint_dir}"
-                    if last_good
-                    else "no checkpoint was saved"
-                )
-                raise UserError(f"training diverged: loss is {m['loss']} at step {step}; {where}")
-            entry = {
-                "step": step,
-                "loss": m["loss"],
-                "lr": m["lr"],
-                "grad_norm": m["grad_norm"],
-                "tokens": m["tokens"],
-                "tokens_per_s": rate,
-            }
-            self.log.write(entry)
-            self._last_logged = entry
+    def close(self) -> None:
+        """Nothing pending: DeepSpeed writes checkpoints synchronously."""

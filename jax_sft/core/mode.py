@@ -1,0 +1,94 @@
+"""A way of training, from start to export: the protocol every training mode implements.
+
+A run's state is one dict: "params" (the model's parameters: trained by the dense mode,
+the frozen base for every other), the mode's own trees ("trained", "indices", ...),
+"opt_state" (for the trained tree only), "step" and "rng". The engine and the jitted
+step know a mode only through this protocol:
+
+- `start(ctx)` (a classmethod): what trains and how it is chosen (scores, selection, an
+  adapter continued); returns the mode and its initial trees, on the host.
+- `key`: the state key of the trained tree, the only tree the optimizer ever sees;
+  frozen leaves are simply not in it, so they carry no optimizer state.
+- `params(state, trained)`: the model's parameters, computed inside the jit.
+- `penalty(trained)`: an optional loss term; `decay_mask(trained)`: which trained
+  entries take weight decay; `lr_scales(trained)`: per-leaf learning-rate multipliers.
+- `before_step(step, state, batch)` / `after_step(done, state)`: hooks around each
+  optimizer step (SpIEL moves its index sets there).
+- `adapter_tree(state)` / `write_adapter(dst, tree)`: what the run exports beside the
+  merged model (nothing for dense).
+
+A new way of training is a new module with one subclass and one line in
+`jax_sft.train.modes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from interop.config import RunConfig
+from interop.data.batches import Batches
+from jax_sft.models.hf_names import NameTable
+
+
+@dataclass
+class ModeStart:
+    """What a mode may use to choose and start its trained tree."""
+
+    cfg: RunConfig
+    graphdef: nnx.GraphDef
+    params: dict  # the base parameters, already placed on the mesh
+    axes: dict  # their logical axis names, nested alike
+    table: NameTable
+    mesh: Mesh
+    train: Batches  # the run's global train batches
+    global_batch: Callable[[int], dict]  # the placed [accumulation, micro, seq] batch of a step
+    total_steps: int
+    model_dir: Path  # the base model
+    adapter: Path | None  # an adapter of this mode's own kind, to continue
+    base_fingerprint: Callable[[], str]  # of the base model; computed once, on first call
+    notes: list[str] = field(default_factory=list)
+
+
+class TrainingMode:
+    """The protocol, with the defaults most modes keep (see the module docstring)."""
+
+    key: ClassVar[str] = "trained"
+    adapter_kind: ClassVar[str | None] = None  # the adapter format a run of this mode continues
+
+    @classmethod
+    def start(cls, ctx: ModeStart) -> tuple[TrainingMode, dict]:
+        raise NotImplementedError
+
+    def params(self, state: Mapping, trained: Mapping | None = None) -> Mapping:
+        raise NotImplementedError
+
+    def penalty(self, trained: Mapping) -> jax.Array | None:
+        return None
+
+    def decay_mask(self, trained: Mapping) -> Mapping:
+        raise NotImplementedError
+
+    def lr_scales(self, trained: Mapping) -> Mapping | None:
+        return None
+
+    def before_step(self, step: int, state: dict, batch: dict) -> None:
+        """Called with the state and batch of 0-based step `step`, before it runs."""
+
+    def after_step(self, done: int, state: dict) -> dict:
+        """Called after `done` steps; returns the state the next step starts from."""
+        return state
+
+    def adapter_tree(self, state: Mapping) -> Mapping | None:
+        """The state's arrays an adapter export holds (None: the mode has no adapter)."""
+        return None
+
+    def write_adapter(self, dst: Path, tree: Mapping) -> None:
+        """Write the adapter (`tree` gathered to the host) into the directory `dst`."""
+        raise NotImplementedError

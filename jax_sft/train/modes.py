@@ -1,0 +1,20 @@
+"""The training modes a run can use, by the name its config chooses
+(`RunConfig.training_mode`). A new way of training adds one line here."""
+
+from __future__ import annotations
+
+from interop.config import RunConfig
+from jax_sft.core.dense import DenseTraining
+from jax_sft.core.mode import TrainingMode
+from jax_sft.lora.mode import LoraTraining
+from jax_sft.sparse.mode import SparseTraining
+
+MODES: dict[str, type[TrainingMode]] = {
+    "dense": DenseTraining,
+    "sparse": SparseTraining,
+    "lora": LoraTraining,
+}
+
+
+def mode_class(cfg: RunConfig) -> type[TrainingMode]:
+    return MODES[cfg.training_mode]
