@@ -3,8 +3,10 @@
 import jax
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 from train_fixtures import run_config
 
+from jax_sft.sharding.placement import place_batch
 from jax_sft.train.run import make_engine
 
 STEPS = 5
@@ -46,7 +48,7 @@ def single(tiny_base, tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_sharded_steps_equal_single_device(single, tiny_base, tmp_path, name):
-    _, want_losses, want_params = single
+    single_engine, want_losses, want_params = single
     engine, losses, params = train_steps(tiny_base, tmp_path, CASES[name])
     assert len(engine.mesh.devices.flat) == 8
     rel = np.abs(np.array(losses) - np.array(want_losses)) / np.abs(np.array(want_losses))
@@ -56,6 +58,12 @@ def test_sharded_steps_equal_single_device(single, tiny_base, tmp_path, name):
     if CASES[name].get("zero_stage") == 3 or "fsdp" in CASES[name]:
         embed = engine.state["params"]["embed_tokens"]["embedding"]
         assert embed.addressable_shards[0].data.size < embed.size  # really sharded
+    # Evaluation splits its rows over the data-parallel axes, and agrees.
+    batch = place_batch(engine.eval_batches.batch(0), engine.placement.rows)
+    compiled = engine._eval_step.lower(engine.state, batch).compile()
+    assert compiled.input_shardings[0][1]["input_ids"].spec == P(("data", "fsdp"), None)
+    want_eval = single_engine.evaluate()["eval_loss"]
+    assert abs(engine.evaluate()["eval_loss"] - want_eval) <= 1e-6 * want_eval
 
 
 def test_zero_stages_shrink_per_device_state_bytes(tiny_base, tmp_path, capsys):

@@ -259,3 +259,18 @@ def test_dschat_deepspeed_config_batch_rule_counts_every_device(tiny_base, tmp_p
         " x gradient_accumulation_steps 1 x data-parallel size 1"
     ]
     assert not (work / "out1").exists()
+
+
+def test_print_loss_and_logging_json_are_acted_on(tiny_base, tmp_path, capsys):
+    cfg = write_config(tmp_path, run_config(tiny_base, tmp_path / "out", train={"max_steps": 3}))
+    settings = ["--set", "logging.print_loss=true", "--set", "logging.json=true"]
+    assert cli.main(["train", str(cfg), "--set", "train.log_every=10", *settings]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    printed = [x for x in lines if x.startswith("Epoch: ")]
+    assert [x.split(", loss = ")[0] for x in printed] == [
+        f"Epoch: 0, Step: {step}, Rank: 0" for step in (1, 2, 3)
+    ]
+    logged = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in logged if "loss" in r]
+    assert [float(x.split(" = ")[1]) for x in printed] == losses
+    assert json.loads(lines[-1])["steps"] == 3  # logging.json ends with the JSON summary
