@@ -1,16 +1,17 @@
-"""The keywords of `initialize(...)`, DeepSpeed's and the founding document's, turned into a
-RunConfig once for both backends (`jax_sft.initialize`, `torch_ref.initialize`).
+"""The arguments of `initialize(...)`, DeepSpeed's and the founding document's, turned into
+a RunConfig once for both backends (`jax_sft.initialize`, `torch_ref.initialize`).
 
-DeepSpeed's: `config` (a ds_config dict or JSON path; also a RunConfig or its YAML path),
-`config_params` (its old name), `args.deepspeed_config`, `model` (a model directory or an
-adapter), `training_data` (a data file or a list of example dicts), `optimizer` (a dict
-of `optim` settings), `dist_init_required` (the backend joins its other processes unless
-it is False). The founding document's: `data_loader=`
-(training data), `optimizer={"learning_rate": ...}`, `loss_fn="cross_entropy"`,
-`num_microbatches=` (accumulation steps), `sparse=True` (the default sparse method) or
-`sparse={...}` (the `sparse` section). What cannot be honoured here (a torch optimizer
-object, `model_parameters`, `lr_scheduler`, `collate_fn`, `mpu`, another `loss_fn`) is
-refused by name. Precedence, lowest first: the config, then the keywords.
+DeepSpeed's, positional in its order: `args` (its `deepspeed_config`), `model` (a model
+directory or an adapter), `optimizer` (a dict of `optim` settings), `training_data` (a
+data file or a list of example dicts), `dist_init_required` (the backend joins its other
+processes unless it is False), `config` (a ds_config dict or JSON path; also a RunConfig
+or its YAML path), `config_params` (the old name of `config`). The founding document's:
+`data_loader=` (training data), `optimizer={"learning_rate": ...}`,
+`loss_fn="cross_entropy"`, `num_microbatches=` (accumulation steps), `sparse=True` (the
+default sparse method) or `sparse={...}` (the `sparse` section). What cannot be honoured
+here (a torch optimizer object, `model_parameters`, `lr_scheduler`, `distributed_port`,
+`mpu`, `collate_fn`, `mesh_param`, another `loss_fn`) is refused by name. Precedence,
+lowest first: the config, then the other arguments.
 """
 
 from __future__ import annotations
@@ -24,14 +25,34 @@ from interop.config import DEFAULT_SPARSE_METHOD, RunConfig, load_config
 from interop.errors import UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
 
-LOSS_FUNCTIONS = (None, "cross_entropy")
+# deepspeed.initialize's parameters, in its order.
+DEEPSPEED = (
+    "args",
+    "model",
+    "optimizer",
+    "model_parameters",
+    "training_data",
+    "lr_scheduler",
+    "distributed_port",
+    "mpu",
+    "dist_init_required",
+    "collate_fn",
+    "config",
+    "mesh_param",
+    "config_params",
+)
+FOUNDING = ("data_loader", "loss_fn", "num_microbatches", "sparse")
 REFUSED = {
     "model_parameters": "the run's training mode chooses what trains (the sparse and lora "
     "sections)",
     "lr_scheduler": "the schedule comes from the config's scheduler (or schedule section)",
-    "collate_fn": "batches are built by the data pipeline (padding or packing)",
+    "distributed_port": "processes meet where JAX_COORDINATOR_ADDRESS or torchrun's "
+    "MASTER_ADDR/MASTER_PORT say",
     "mpu": "model parallelism comes from the parallel section",
+    "collate_fn": "batches are built by the data pipeline (padding or packing)",
+    "mesh_param": "the mesh comes from the parallel section",
 }
+LOSS_FUNCTIONS = (None, "cross_entropy")
 
 
 @dataclass
@@ -41,81 +62,85 @@ class Resolved:
     notes: list[str]
 
 
-def resolve(
-    *,
-    data_parallel_size: Callable[[RunConfig], int],
-    args: Any = None,
-    model: str | Path | None = None,
-    optimizer: Any = None,
-    training_data: Any = None,
-    config: Any = None,
-    config_params: Any = None,
-    data_loader: Any = None,
-    loss_fn: str | None = None,
-    num_microbatches: int | None = None,
-    sparse: bool | Mapping | None = None,
-    dist_init_required: bool | None = None,  # acted on by the backend, before this runs
-    **refused: Any,
-) -> Resolved:
-    """The run a call to `initialize` describes. `data_parallel_size(cfg)` gives the
-    backend's data-parallel size for a DeepSpeed config's batch-size rule."""
-    for key, value in refused.items():
-        if key not in REFUSED:
-            raise UserError(f"initialize: unknown keyword {key}")
-        if value is not None:
-            raise UserError(f"initialize: {key} is not supported here: {REFUSED[key]}")
-    if loss_fn not in LOSS_FUNCTIONS:
+def arguments(args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """initialize's arguments by name (positional ones in DeepSpeed's order), checked."""
+    if len(args) > len(DEEPSPEED):
+        raise UserError(f"initialize: at most {len(DEEPSPEED)} positional arguments")
+    named = dict(zip(DEEPSPEED, args, strict=False))
+    for key, value in kwargs.items():
+        if key in named:
+            raise UserError(f"initialize: {key} given twice")
+        if key not in DEEPSPEED and key not in FOUNDING:
+            raise UserError(f"initialize: unknown argument {key}")
+        named[key] = value
+    for key, why in REFUSED.items():
+        if named.get(key) is not None:
+            raise UserError(f"initialize: {key} is not supported here: {why}")
+    if named.get("loss_fn") not in LOSS_FUNCTIONS:
         raise UserError(
-            f"loss_fn: {loss_fn!r} is not supported; the loss is the causal-LM "
+            f"loss_fn: {named['loss_fn']!r} is not supported; the loss is the causal-LM "
             "'cross_entropy' over the scored tokens"
         )
-    if training_data is not None and data_loader is not None:
+    return named
+
+
+def resolve(named: Mapping[str, Any], data_parallel_size: Callable[[RunConfig], int]) -> Resolved:
+    """The run `arguments` describe; `data_parallel_size(cfg)` is the backend's
+    data-parallel size, for a DeepSpeed config's batch-size rule."""
+    data, optimizer = named.get("training_data"), named.get("optimizer")
+    if data is not None and named.get("data_loader") is not None:
         raise UserError("training_data and data_loader: give the training data once")
-    data = training_data if training_data is not None else data_loader
+    data = data if data is not None else named.get("data_loader")
+    if data is not None and not isinstance(data, str | Path | list | tuple):
+        raise UserError(
+            f"training_data: a {type(data).__name__}; give a data file or a list of example dicts"
+        )
     if optimizer is not None and not isinstance(optimizer, Mapping):
         raise UserError(
             f"optimizer: a {type(optimizer).__name__} cannot be used; give the optim settings "
             'as a dict (e.g. {"learning_rate": 1e-4}) or in the config'
         )
-    yaml_path, base, ds_source = _config_source(config, config_params, args)
-    keywords: dict[str, dict] = {}
-    if model is not None:
-        keywords["model"] = {"path": str(model), "tiny": None}
-    if data is not None:  # the training data replaces the config's sources
-        sources = [{"path": str(data)}] if isinstance(data, str | Path) else []
-        keywords["data"] = {"sources": sources}
-    if optimizer is not None:
-        keywords["optim"] = dict(optimizer)
-    if num_microbatches is not None:
-        keywords["train"] = {"gradient_accumulation_steps": num_microbatches}
-    if sparse is True or isinstance(sparse, Mapping):
-        section = dict(sparse) if isinstance(sparse, Mapping) else {}
-        keywords["sparse"] = {"method": DEFAULT_SPARSE_METHOD, **section}
-    elif sparse not in (None, False):
-        raise UserError(f"sparse: expected True or a dict of sparse settings, got {sparse!r}")
-    first, last = [("config", base)], [("initialize(...)", keywords)]
+    yaml_path, base, ds_source = _config_source(named)
+    first, last = [("config", base)], [("initialize(...)", _keyword_sections(named, data))]
     notes: list[str] = []
     if ds_source is not None:
         dp = data_parallel_size(load_config(yaml_path, (), first + last))
         overrides, notes = overrides_from_deepspeed(ds_source, data_parallel_size=dp)
         first.append((str(ds_source) if isinstance(ds_source, Path) else "config", overrides))
-    cfg = load_config(yaml_path, (), first + last)
     records = list(data) if isinstance(data, list | tuple) else None
-    if data is not None and records is None and not isinstance(data, str | Path):
-        raise UserError(
-            f"training_data: a {type(data).__name__}; give a data file or a list of example dicts"
-        )
-    return Resolved(cfg, records, notes)
+    return Resolved(load_config(yaml_path, (), first + last), records, notes)
 
 
-def _config_source(config: Any, config_params: Any, args: Any) -> tuple:
+def _keyword_sections(named: Mapping[str, Any], data: Any) -> dict[str, dict]:
+    """The RunConfig sections the arguments other than the config set."""
+    sections: dict[str, dict] = {}
+    if named.get("model") is not None:
+        sections["model"] = {"path": str(named["model"]), "tiny": None}
+    if data is not None:  # the training data replaces the config's sources
+        sources = [{"path": str(data)}] if isinstance(data, str | Path) else []
+        sections["data"] = {"sources": sources}
+    if named.get("optimizer") is not None:
+        sections["optim"] = dict(named["optimizer"])
+    if named.get("num_microbatches") is not None:
+        sections["train"] = {"gradient_accumulation_steps": named["num_microbatches"]}
+    sparse = named.get("sparse")
+    if sparse is True or isinstance(sparse, Mapping):
+        given = dict(sparse) if isinstance(sparse, Mapping) else {}
+        sections["sparse"] = {"method": DEFAULT_SPARSE_METHOD, **given}
+    elif sparse not in (None, False):
+        raise UserError(f"sparse: expected True or a dict of sparse settings, got {sparse!r}")
+    return sections
+
+
+def _config_source(named: Mapping[str, Any]) -> tuple:
     """(run config YAML path or None, a RunConfig's fields or {}, DeepSpeed config (a dict
-    or a JSON path) or None) of the `config` given one of DeepSpeed's three ways."""
-    if config is not None and config_params is not None:
+    or a JSON path) or None) of the config, given in one of DeepSpeed's three ways."""
+    config, params = named.get("config"), named.get("config_params")
+    if config is not None and params is not None:
         raise UserError("config and config_params: give the config once")
-    config = config if config is not None else config_params
-    if config is None and getattr(args, "deepspeed_config", None):
-        config = args.deepspeed_config
+    config = config if config is not None else params
+    if config is None and getattr(named.get("args"), "deepspeed_config", None):
+        config = named["args"].deepspeed_config
     if config is None:
         return None, {}, None
     if isinstance(config, RunConfig):

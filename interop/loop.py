@@ -109,8 +109,12 @@ class _Loop:
         finally:
             t.close()
             self.log.close()
-        return {"steps": t.global_steps, "first_eval": first_eval, "last_eval": last_eval,
-                **self.last_logged}  # fmt: skip
+        return {
+            "steps": t.global_steps,
+            "first_eval": first_eval,
+            "last_eval": last_eval,
+            **self.last_logged,
+        }
 
     def report_eval(self) -> dict:
         result = self.t.evaluate()

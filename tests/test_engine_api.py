@@ -178,6 +178,8 @@ def test_tagged_checkpoints_round_trip_with_client_state(engine_for, tmp_path):
         ({"optimizer": object()}, "optimizer: a object cannot be used"),
         ({"model_parameters": [1]}, "model_parameters is not supported"),
         ({"collate_fn": print}, "collate_fn is not supported"),
+        ({"distributed_port": 29501}, "distributed_port is not supported"),
+        ({"micro_batches": 2}, "initialize: unknown argument micro_batches"),
         ({"sparse": "yes"}, "sparse: expected True or a dict"),
         ({"optimizer": {"learnin_rate": 1}}, r"\(...\): unknown key 'optim.learnin_rate'"),
         ({"training_data": 3}, "training_data: a int"),
@@ -195,3 +197,14 @@ def test_example_dicts_train_like_their_file(engine_for):
     assert micro_losses(from_rows, rows_loader, 2) == micro_losses(from_file, file_loader, 2)
     with pytest.raises(UserError, match=r"training_data\[1\]: no 'chosen'"):
         engine_for("bad", training_data=[rows[0], {"prompt": "x"}])
+
+
+def test_positional_arguments_follow_deepspeeds_order(tiny_base, tmp_path):
+    cfg = run_config(tiny_base, tmp_path / "run", train={"micro_batch_size": 2})
+    data = str(DEMO_DATA / "eval.jsonl")
+    optimizer = {"learning_rate": 5e-4}
+    engine, *_ = jax_sft.initialize(None, tiny_base, optimizer, None, data, config=cfg)
+    assert engine.cfg.optim.learning_rate == 5e-4
+    assert [s.path for s in engine.cfg.data.sources] == [data] and len(engine.data.train) == 24
+    with pytest.raises(UserError, match="initialize: model given twice"):
+        jax_sft.initialize(None, tiny_base, model=tiny_base)

@@ -84,14 +84,15 @@ class TensorSource:
         name, transform = self._layout[path]
         read: dict[tuple, np.ndarray] = {}  # a slice several devices hold is read once
 
-        def block(index: tuple[slice, ...]) -> np.ndarray:
+        def slice_of(index: tuple[slice, ...]) -> np.ndarray:
             key = tuple(s.indices(n)[:2] for s, n in zip(index, shape, strict=True))
             if key not in read:
                 hf_index, to_ours = transform.hf_slice(index, shape)
-                read[key] = to_ours(self._reader.get_slice(name, hf_index)).astype(dtype, copy=False)
+                block = to_ours(self._reader.get_slice(name, hf_index))
+                read[key] = block.astype(dtype, copy=False)
             return read[key]
 
-        return jax.make_array_from_callback(shape, sharding, block)
+        return jax.make_array_from_callback(shape, sharding, slice_of)
 
     def _restore(self, target: dict, args: dict):
         with ocp.PyTreeCheckpointer() as ckpt:

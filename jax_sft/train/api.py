@@ -7,7 +7,7 @@
         engine.backward(loss)
         engine.step()
 
-The keywords (DeepSpeed's and the founding document's) become a RunConfig in
+The arguments (DeepSpeed's and the founding document's) become a RunConfig in
 `interop.initialize_args`, the same for `torch_ref.initialize`. The data loader yields
 the run's micro-batches (each pass over it is the next epoch); the optimizer and the
 schedule are views of the engine's, which steps them, as DeepSpeed's engine does.
@@ -23,7 +23,7 @@ import optax
 
 from interop.data.batches import Batches
 from interop.errors import UserError
-from interop.initialize_args import resolve
+from interop.initialize_args import arguments, resolve
 from jax_sft.sharding import distributed
 from jax_sft.sharding.mesh import data_parallel_size, make_mesh
 from jax_sft.train.ds_engine import DeepSpeedEngine
@@ -90,20 +90,13 @@ class LRScheduler:
         )
 
 
-def initialize(args=None, model=None, optimizer=None, training_data=None, config=None, **kwargs):
+def initialize(*args, **kwargs):
     """(engine, optimizer, dataloader, lr_scheduler) of a run, as DeepSpeed's `initialize`
-    returns them; the keywords are described in `interop.initialize_args`."""
-    if kwargs.get("dist_init_required") is not False:
+    returns them; the arguments are described in `interop.initialize_args`."""
+    named = arguments(args, kwargs)
+    if named.get("dist_init_required") is not False:
         distributed.initialize()  # before anything touches a device
-    resolved = resolve(
-        data_parallel_size=lambda cfg: data_parallel_size(make_mesh(cfg.parallel)),
-        args=args,
-        model=model,
-        optimizer=optimizer,
-        training_data=training_data,
-        config=config,
-        **kwargs,
-    )
+    resolved = resolve(named, lambda cfg: data_parallel_size(make_mesh(cfg.parallel)))
     cfg = resolved.cfg
     engine = DeepSpeedEngine(cfg, model_source(cfg), records=resolved.records)
     if engine.is_main:

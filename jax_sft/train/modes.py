@@ -15,6 +15,9 @@ MODES: dict[str, type[TrainingMode]] = {
     "lora": LoraTraining,
 }
 
+# The adapter formats some mode continues; a run of another mode merges them instead.
+ADAPTER_KINDS = tuple(m.adapter_kind for m in MODES.values() if m.adapter_kind)
+
 
 def mode_class(cfg: RunConfig) -> type[TrainingMode]:
     return MODES[cfg.training_mode]

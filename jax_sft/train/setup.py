@@ -45,9 +45,8 @@ from jax_sft.sharding.placement import (
     param_shardings,
     place_batch,
 )
-from jax_sft.train.modes import mode_class
+from jax_sft.train.modes import ADAPTER_KINDS, mode_class
 
-ADAPTER_KINDS = ("sparse-adapter", "lora-adapter")
 DROPOUT_KEYS = ("dropout", "attention_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
 
 

@@ -1,4 +1,4 @@
-"""`torch_ref.initialize(...)`: DeepSpeed's own engine, set up from the keywords that
+"""`torch_ref.initialize(...)`: DeepSpeed's own engine, set up from the arguments that
 `jax_sft.initialize` takes (`interop.initialize_args`), so one training loop runs on
 either backend by changing the import:
 
@@ -27,7 +27,7 @@ import torch
 from interop.data.batches import Batches
 from interop.data.run_data import run_data
 from interop.errors import UserError
-from interop.initialize_args import resolve
+from interop.initialize_args import arguments, resolve
 from torch_ref.train import distributed
 from torch_ref.train.build import build
 from torch_ref.train.data import refuse_packing, rows
@@ -65,19 +65,12 @@ class RankLoader:
             yield rows(batch, self.rank * self.micro, self.micro, self.device)
 
 
-def initialize(args=None, model=None, optimizer=None, training_data=None, config=None, **kwargs):
+def initialize(*args, **kwargs):
     """(engine, optimizer, dataloader, lr_scheduler), as `deepspeed.initialize` returns them."""
-    if kwargs.get("dist_init_required") is not False:
+    named = arguments(args, kwargs)
+    if named.get("dist_init_required") is not False:
         distributed.initialize()
-    resolved = resolve(
-        data_parallel_size=lambda cfg: distributed.world_size(),
-        args=args,
-        model=model,
-        optimizer=optimizer,
-        training_data=training_data,
-        config=config,
-        **kwargs,
-    )
+    resolved = resolve(named, lambda cfg: distributed.world_size())
     cfg = resolved.cfg
     if cfg.sparse.regularization != "none":
         raise UserError(

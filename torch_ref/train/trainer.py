@@ -106,8 +106,12 @@ class Trainer:
         lr = self.lr(self.global_steps)
         self.global_steps += 1
         (loss_sum,) = distributed.all_sum([loss_sum])
-        return {"loss": loss_sum / max(tokens, 1), "grad_norm": grad_norm, "tokens": tokens,
-                "lr": lr}  # fmt: skip
+        return {
+            "loss": loss_sum / max(tokens, 1),
+            "grad_norm": grad_norm,
+            "tokens": tokens,
+            "lr": lr,
+        }
 
     def host_metrics(self, metrics: list[dict]) -> list[dict]:
         return metrics
