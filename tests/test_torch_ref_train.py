@@ -8,7 +8,6 @@ with the JAX trainer is `jax-sft parity`'s business, not these tests'.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -25,6 +24,7 @@ from interop.config import ScheduleConfig
 from interop.data.batches import Batches
 from interop.data.pipeline import build_datasets
 from interop.data.tokenizer import load_tokenizer, prepare_tokenizer
+from interop.processes import free_port
 from interop.schedules import learning_rate
 from interop.sparse_format import fingerprint, read_adapter, write_adapter
 from torch_ref import cli
@@ -137,12 +137,6 @@ def test_a_run_resumes_from_its_deepspeed_checkpoint(tiny_base, tmp_path):
     assert all(np.array_equal(w_1[k], w_2[k]) for k in w_1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.multiprocess
 def test_zero2_on_two_processes_matches_one_process(tiny_base, tmp_path):
     settings = dict(parallel={"zero_stage": 2}, schedule=CONSTANT)
@@ -156,7 +150,7 @@ def test_zero2_on_two_processes_matches_one_process(tiny_base, tmp_path):
     folder = tmp_path / "two-config"
     folder.mkdir()
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    argv += ["--master_port", str(_free_port()), "-m", "torch_ref.cli", "train"]
+    argv += ["--master_port", str(free_port()), "-m", "torch_ref.cli", "train"]
     argv += [str(write_config(folder, cfg)), "--json"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
