@@ -60,8 +60,8 @@ def _dense_phase(ctx: ModeStart) -> dict:
         ctx.axes,
         jax.eval_shape(optimizer.init, ctx.params),
     )
-    params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=placement.state["params"])
-    state = init_state(params(ctx.params), {}, mode, optimizer, cfg.train.seed, placement)
+    copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=placement.state["params"])
+    state = init_state(copy(ctx.params), {}, mode, optimizer, cfg.train.seed, placement)
     step = make_train_step(ctx.graphdef, optimizer, placement, mode)
     for i in range(steps):
         lr = learning_rate(i, cfg.optim.learning_rate, cfg.schedule, steps)
