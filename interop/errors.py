@@ -11,3 +11,7 @@ class UserError(Exception):
 
 class BackendError(Exception):
     """Another process we started (e.g. the PyTorch side) failed; carries its stderr tail."""
+
+
+class Interrupted(Exception):
+    """A run stopped by Ctrl-C; the message says at which step and what resumes it."""

@@ -1,17 +1,26 @@
-"""The training loop both backends run: when to log, save and evaluate, and the NaN stop.
+"""The training loop both backends run: when to log, save and evaluate, and when to stop.
 
 A trainer (the JAX `Engine`, the PyTorch `Trainer`) offers one optimizer step at a time
 (`train_step`), an evaluation, and checkpoints; `fit` decides the rest, once for both,
 so both write the same `metrics.jsonl` rows at the same steps. Step metrics stay where
 the trainer made them (on the device, for JAX) until the logging interval, when
 `host_metrics` brings the pending ones over in one transfer: nothing per step forces a
-host sync. A checkpoint or an epoch boundary also flushes, so a saved state is never
-one whose loss was not looked at.
+host sync. A checkpoint or an epoch boundary also flushes.
+
+Which checkpoint is good. The loss logged for step N is that of the weights before
+update N, so checkpoint N (the weights after it) is vouched for only by the loss of step
+N + 1. When step N + 1's loss is NaN or infinite, or the run has died (the loss flat at
+ln V, the uniform guess, with a zero gradient for `DEAD_STEPS` steps), every checkpoint
+from N on is removed and the message names the newest that remains: it truly resumes
+(with a lower learning rate, say). Trainers keep one checkpoint more than
+`train.keep_checkpoints` so that the newest, not yet vouched for, never pushes out the
+last one that is. Ctrl-C stops with the step reached and the checkpoint that resumes.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,8 +29,10 @@ from typing import Protocol
 import numpy as np
 
 from interop.config import RunConfig
-from interop.errors import UserError
+from interop.errors import Interrupted, UserError
 from interop.metrics_log import MetricsLog
+
+DEAD_STEPS = 5
 
 
 class Trainer(Protocol):
@@ -30,6 +41,7 @@ class Trainer(Protocol):
     global_steps: int  # optimizer steps done
     total_steps: int
     steps_per_epoch: int
+    vocab_size: int  # rows of the output layer
     is_main: bool
 
     def train_step(self) -> dict: ...  # one optimizer step on the run's next batch
@@ -41,6 +53,8 @@ class Trainer(Protocol):
     def save_checkpoint(self) -> object: ...  # of the current step
 
     def restore_latest(self) -> int | None: ...  # the step restored, None without one
+
+    def drop_checkpoints_from(self, step: int) -> int | None: ...  # the newest left
 
     def close(self) -> None: ...
 
@@ -61,7 +75,8 @@ def eval_result(sums: Sequence[float], counts: Sequence[float], style: str) -> d
 
 def fit(trainer: Trainer, printer: Callable[[dict], None] | None = None) -> dict:
     """Train to the end, resuming from the latest checkpoint if there is one; the summary
-    (steps, first and last evaluation, the last logged step's metrics)."""
+    (steps, first and last evaluation, the last logged step's metrics, steps that had no
+    scored token)."""
     return _Loop(trainer, printer or (lambda result: None)).run()
 
 
@@ -77,14 +92,20 @@ class _Loop:
             enabled=trainer.is_main,
         )
         self.last_logged: dict = {}
+        self.flat: list[int] = []  # consecutive steps that looked dead
+        self.empty_steps = 0
+        self.checkpoint: int | None = None  # the newest checkpoint of this run
 
     def run(self) -> dict:
         t, tc = self.t, self.t.cfg.train
         try:
-            resumed = t.restore_latest()
-            self.log.truncate_after(resumed or 0)
+            resumed = self.checkpoint = t.restore_latest()
+            if resumed is not None and t.is_main:
+                where = t.out / "checkpoints"
+                print(f"note: resuming from step {resumed} ({where})", file=sys.stderr)
+            self.log.truncate_after(resumed if resumed is not None else -1)
             first_eval = self.report_eval() if resumed is None else {}
-            last_eval, pending, last_good = first_eval, [], resumed
+            last_eval, pending = first_eval, []
             started, start_step = time.monotonic(), t.global_steps
             self.last_flush = started
             every = 1 if t.cfg.logging.print_loss else tc.log_every
@@ -95,7 +116,7 @@ class _Loop:
                 final = done == t.total_steps
                 save = bool(tc.save_every and done % tc.save_every == 0) or final
                 if done % every == 0 or save or boundary:
-                    self.flush(pending, last_good)
+                    self.flush(pending)
                     pending = []
                     last = self.last_logged
                     self.log.show(
@@ -103,9 +124,16 @@ class _Loop:
                     )
                 if save:
                     t.save_checkpoint()
-                    last_good = done
+                    self.checkpoint = done
                 if (tc.eval_every and done % tc.eval_every == 0) or boundary or final:
                     last_eval = self.report_eval()
+        except KeyboardInterrupt:
+            resumes = (
+                f"checkpoint step {self.checkpoint} in {t.out / 'checkpoints'} resumes it"
+                if self.checkpoint is not None
+                else "no checkpoint was saved"
+            )
+            raise Interrupted(f"interrupted at step {t.global_steps}; {resumes}") from None
         finally:
             t.close()
             self.log.close()
@@ -113,6 +141,7 @@ class _Loop:
             "steps": t.global_steps,
             "first_eval": first_eval,
             "last_eval": last_eval,
+            "steps_without_tokens": self.empty_steps,
             **self.last_logged,
         }
 
@@ -124,31 +153,50 @@ class _Loop:
                 self.printer(result)
         return result
 
-    def flush(self, pending: list[tuple[int, dict]], last_good: int | None) -> None:
-        """Bring the pending step metrics to the host, log them, stop on a NaN loss."""
+    def flush(self, pending: list[tuple[int, dict]]) -> None:
+        """Bring the pending step metrics to the host, log them, stop a bad run."""
         host = self.t.host_metrics([m for _, m in pending])
         now = time.monotonic()
         rate = sum(int(m["tokens"]) for m in host) / max(now - self.last_flush, 1e-9)
         self.last_flush = now
         for (step, _), m in zip(pending, host, strict=True):
-            loss = float(m["loss"])
-            if not math.isfinite(loss):
-                where = (
-                    f"the last good checkpoint is step {last_good} in {self.t.out / 'checkpoints'}"
-                    if last_good
-                    else "no checkpoint was saved"
-                )
-                raise UserError(f"training diverged: loss is {loss} at step {step}; {where}")
             entry = {
                 "step": step,
-                "loss": loss,
+                "loss": float(m["loss"]),
                 "lr": float(m["lr"]),
                 "grad_norm": float(m["grad_norm"]),
                 "tokens": int(m["tokens"]),
                 "tokens_per_s": rate,
             }
+            self.check(entry)
             self.log.write(entry)
             self.last_logged = entry
             if self.t.cfg.logging.print_loss and self.t.is_main:
                 epoch = (step - 1) // self.t.steps_per_epoch
-                print(f"Epoch: {epoch}, Step: {step}, Rank: 0, loss = {loss}", flush=True)
+                print(f"Epoch: {epoch}, Step: {step}, Rank: 0, loss = {entry['loss']}", flush=True)
+
+    def check(self, entry: dict) -> None:
+        """Stop on a NaN/Inf loss or a dead run, keeping only checkpoints that resume."""
+        step, loss = entry["step"], entry["loss"]
+        self.empty_steps += entry["tokens"] == 0
+        if not math.isfinite(loss):
+            self.stop(f"training diverged: loss is {loss} at step {step}", step - 1)
+        uniform = math.log(self.t.vocab_size)
+        dead = entry["grad_norm"] == 0 and abs(loss - uniform) <= 1e-3 * uniform
+        self.flat = [*self.flat, step] if dead else []
+        if len(self.flat) == DEAD_STEPS:
+            self.stop(
+                f"training died: from step {self.flat[0]} the loss stayed at ln V = "
+                f"{uniform:.4f} with a zero gradient (the learning rate is probably too high)",
+                self.flat[0] - 1,
+            )
+
+    def stop(self, what: str, bad_from: int) -> None:
+        """Remove the checkpoints from step `bad_from` on; stop, naming the one left."""
+        good = self.t.drop_checkpoints_from(bad_from)
+        where = (
+            f"the last good checkpoint is step {good} in {self.t.out / 'checkpoints'}"
+            if good is not None
+            else "no good checkpoint was saved"
+        )
+        raise UserError(f"{what}; {where}")

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
 
+from interop.checkpoints.hf import read_json_object, read_tensors, write_tensors
 from interop.errors import UserError
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -67,7 +67,7 @@ def write_adapter(dst: Path, factors: Factors, config: dict) -> None:
     for module, (a, b) in factors.items():
         tensors[PREFIX + module + A_KEY] = np.ascontiguousarray(a, dtype=np.float32)
         tensors[PREFIX + module + B_KEY] = np.ascontiguousarray(b, dtype=np.float32)
-    save_file(tensors, str(dst / WEIGHTS), metadata={"format": "pt"})
+    write_tensors(tensors, dst / WEIGHTS)
     (dst / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -95,9 +95,14 @@ def read_adapter(path: Path) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarr
     """(config, {module: (A [r, in], B [out, r])}) of a plain peft LoRA adapter."""
     if not is_lora_adapter(path) or not (path / WEIGHTS).is_file():
         raise UserError(f"{path}: not a peft LoRA adapter (needs {CONFIG} and {WEIGHTS})")
-    config = json.loads((path / CONFIG).read_text())
+    config = read_json_object(path / CONFIG)
     _check_plain(path, config)
-    tensors = load_file(str(path / WEIGHTS))
+    rank, alpha = config.get("r"), config.get("lora_alpha")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise UserError(f"{path / CONFIG}: 'r' must be a positive integer, got {rank!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
+        raise UserError(f"{path / CONFIG}: 'lora_alpha' must be a number, got {alpha!r}")
+    tensors = read_tensors(path / WEIGHTS)
     factors = {}
     for key in sorted(tensors):
         if not (key.startswith(PREFIX) and key.endswith((A_KEY, B_KEY))):

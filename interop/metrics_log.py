@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from interop.errors import UserError
+
 
 class MetricsLog:
     def __init__(
@@ -33,14 +35,24 @@ class MetricsLog:
             self.writer = SummaryWriter(str(tensorboard_dir))
 
     def truncate_after(self, step: int) -> None:
-        """Drop entries of steps > `step` (left by a run that died after its last checkpoint)."""
+        """Drop entries of steps > `step` (left by a run that died after its last checkpoint;
+        -1 drops all). A last line cut short by a kill is dropped too; a bad line before
+        it is the user's to mend."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step
-        ]
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        kept = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                entry = None
+            if not isinstance(entry, dict) or not isinstance(entry.get("step"), int):
+                if number == len(lines):
+                    break
+                raise UserError(f"{self.path}:{number}: not a metrics line")
+            if entry["step"] <= step:
+                kept.append(line)
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, entry: dict) -> None:

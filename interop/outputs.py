@@ -8,6 +8,7 @@ new one is complete.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -26,6 +27,11 @@ def output_dir(dst: str | Path, overwrite: bool) -> Iterator[Path]:
     dst = Path(dst)
     if (dst.exists() or dst.is_symlink()) and not overwrite:
         raise UserError(f"{dst} exists; pass --overwrite to replace it")
+    for parent in dst.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{dst}: {parent} is a file, not a directory")
+            break
     dst.parent.mkdir(parents=True, exist_ok=True)
     tag = secrets.token_hex(4)
     tmp = dst.parent / f".{dst.name}.tmp-{tag}"
@@ -48,13 +54,46 @@ def output_dir(dst: str | Path, overwrite: bool) -> Iterator[Path]:
         old.unlink()
 
 
+def ensure_space(directory: Path, nbytes: int, what: str) -> None:
+    """Refuse, before writing, what would not fit on the disk of `directory` (a failed write
+    deep in a library leaves a half-written file and a screenful of tracebacks)."""
+    probe = Path(directory)
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    need = int(nbytes * 1.05) + (1 << 20)
+    if need > free:
+        raise UserError(
+            f"{directory}: no space left on device for {what} (about {need / 1e6:.1f} MB "
+            f"needed, {free / 1e6:.1f} MB free)"
+        )
+
+
+def file_mode() -> int:
+    """The permissions a new file gets under the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def default_permissions(directory: Path) -> None:
+    """Give every file under `directory` the umask's permissions (some writers, such as
+    safetensors, create theirs 0600)."""
+    mode = file_mode()
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
+
+
 # A run's output directory: kept on --overwrite (the cached tiny base model).
 KEEP_ON_OVERWRITE = ("base",)
 
 
 def has_checkpoint(out: Path) -> bool:
-    """Whether a run directory holds a checkpoint to resume (either backend's)."""
-    return (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+    """Whether a run directory holds a finished checkpoint to resume (either backend's;
+    Orbax's unfinished ones are `*.orbax-checkpoint-tmp*`)."""
+    found = out / "checkpoints"
+    return found.is_dir() and any("tmp" not in p.name for p in found.iterdir() if p.is_dir())
 
 
 def check_run_dir(
@@ -82,14 +121,3 @@ def clear_run_dir(out: Path, *, overwrite: bool) -> None:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
 
-
-@contextmanager
-def removed_if_refused(out: Path, created: bool) -> Iterator[None]:
-    """A run refused while starting (a UserError) leaves no trace: the output directory
-    it `created` goes again if nothing was written into it."""
-    try:
-        yield
-    except UserError:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        raise

@@ -9,6 +9,12 @@ from interop.errors import UserError
 from interop.vocab import max_positions
 
 
+def check_data_given(cfg: RunConfig) -> None:
+    """Training data is named (checked before anything slow, such as a tiny base)."""
+    if not cfg.data.sources:
+        raise UserError("data.sources: no training data given")
+
+
 def check_run(cfg: RunConfig, hf_config: Mapping) -> None:
     """No dropout (the JAX models have none, so neither side uses it), and sequences
     that fit the model's positions."""

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
 
+from interop.checkpoints.hf import read_json_object, read_tensors, write_tensors
 from interop.errors import UserError
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -43,7 +43,7 @@ def write_adapter(
         order = np.argsort(indices, kind="stable")
         tensors[name + INDICES] = np.ascontiguousarray(indices[order].astype(np.int32))
         tensors[name + VALUES] = np.ascontiguousarray(values[order].astype(np.float32))
-    save_file(tensors, str(dst / WEIGHTS), metadata={"format": "pt"})
+    write_tensors(tensors, dst / WEIGHTS)
     (dst / CONFIG).write_text(json.dumps({"adapter_type": "sparse", **config}, indent=2) + "\n")
 
 
@@ -51,8 +51,8 @@ def read_adapter(path: Path) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarr
     """(config, {hf name: (indices, values)})."""
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
         raise UserError(f"{path}: not a sparse adapter (needs {CONFIG} and {WEIGHTS})")
-    config = json.loads((path / CONFIG).read_text())
-    tensors = load_file(str(path / WEIGHTS))
+    config = read_json_object(path / CONFIG)
+    tensors = read_tensors(path / WEIGHTS)
     names = sorted(k[: -len(INDICES)] for k in tensors if k.endswith(INDICES))
     return config, {n: (tensors[n + INDICES], tensors[n + VALUES]) for n in names}
 

@@ -9,7 +9,8 @@ import sys
 # The JAX side uses transformers for tokenizers only; its "PyTorch was not found" advice is noise.
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from interop.errors import BackendError, UserError
+from interop.boundary import run_command
+from interop.errors import UserError
 from jax_sft.commands import (
     bench,
     compare,
@@ -40,21 +41,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line's namespace; a bad command or flag is a UserError."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "takes_foreign_flags", False):
+        args.foreign_flags = extra  # e.g. DeepSpeed-Chat's flags, parsed by the command
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    inner = [a for a in extra if a != "--"]
+    if getattr(args, "runs_a_command", False) and inner:  # `launch`: checked once, here
+        parse(inner)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        parser = build_parser()
-        args, extra = parser.parse_known_args(argv)
-        if getattr(args, "takes_foreign_flags", False):
-            args.foreign_flags = extra  # e.g. DeepSpeed-Chat's flags, parsed by the command
-        elif extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    def command() -> int:
+        args = parse(argv)
         return args.run(args) or 0
-    except UserError as err:
-        print(f"jax-sft: error: {err}", file=sys.stderr)
-        return 2
-    except BackendError as err:
-        print(f"jax-sft: {err}", file=sys.stderr)
-        return 1
+
+    return run_command("jax-sft", command)
 
 
 if __name__ == "__main__":

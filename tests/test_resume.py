@@ -42,11 +42,17 @@ def test_kill_during_checkpoint_then_resume_matches_straight_run(tiny_base, tmp_
         text=True,
     )
     assert proc.returncode == -9, proc.stderr[-2000:]
-    steps_written = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
+    # A new run works beside its directory until it completes.
+    staged = tmp_path / ".killed.partial"
+    assert not (tmp_path / "killed").exists()
+    steps_written = sorted(p.name for p in (staged / "checkpoints").iterdir())
     assert "15" not in steps_written and {"5", "10"} <= set(steps_written)
-    assert max(losses(tmp_path / "killed")) == 15  # it had logged past its last checkpoint
+    assert max(losses(staged)) == 15  # it had logged past its last checkpoint
 
     summary = train(interrupted)
-    assert summary["steps"] == 20
+    assert summary["steps"] == 20 and not staged.exists()
     assert losses(tmp_path / "killed") == losses(tmp_path / "straight")
+    rows = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval_loss" in r][:1] == [0]  # step 0's eval once
+    assert sum(1 for r in rows if r["step"] == 0) == 1
     assert sorted(losses(tmp_path / "straight")) == list(range(1, 21))

@@ -24,6 +24,7 @@ from interop.config import ScheduleConfig
 from interop.data.batches import Batches
 from interop.data.pipeline import build_datasets
 from interop.data.tokenizer import load_tokenizer, prepare_tokenizer
+from interop.outputs import file_mode
 from interop.processes import free_port
 from interop.schedules import learning_rate
 from interop.sparse_format import fingerprint, read_adapter, write_adapter
@@ -71,6 +72,7 @@ def test_dense_run_writes_metrics_checkpoint_and_hf(tiny_base, tmp_path, capsys)
     model = transformers.AutoModelForCausalLM.from_pretrained(out / "hf")
     assert model.dtype == torch.float32
     assert transformers.AutoTokenizer.from_pretrained(out / "hf").pad_token == "<pad>"
+    assert (out / "hf" / "model.safetensors").stat().st_mode & 0o777 == file_mode()
 
 
 def test_first_loss_is_the_initial_models_mean_token_loss(tiny_base, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """`jax-sft train`, `eval` and `dschat-step1` end to end, and their answers to bad input."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 import transformers
 from train_fixtures import DEMO_DATA, run_config, write_config
 
+from interop.outputs import file_mode
 from jax_sft import cli
 
 
@@ -26,28 +28,36 @@ def test_train_writes_metrics_checkpoints_and_hf_export(tiny_base, tmp_path, cap
     assert any("eval_ppl" in r for r in rows)
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "hf")
     assert model.config.model_type == "llama"
+    # The umask decides the permissions (safetensors itself would make them 0600).
+    assert (tmp_path / "out" / "hf" / "model.safetensors").stat().st_mode & 0o777 == file_mode()
     assert cli.main(["eval", str(cfg), "--checkpoint", str(tmp_path / "out"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert abs(result["eval_loss"] - summary["last_eval"]["eval_loss"]) < 1e-5
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tiny_base, tmp_path, capsys):
-    cfg = run_config(
-        tiny_base,
-        tmp_path / "out",
-        train={"max_steps": 6, "save_every": 1, "log_every": 1},
-        optim={"learning_rate": 1e30, "grad_clip": None},
-        schedule={"type": "constant"},
-    )
-    assert cli.main(["train", str(write_config(tmp_path, cfg))]) == 2
+def test_nan_stop_names_a_checkpoint_that_resumes_with_a_lower_lr(tiny_base, tmp_path, capsys):
+    train = {"max_steps": 4, "save_every": 1, "log_every": 1, "keep_checkpoints": 1}
+    cfg = run_config(tiny_base, tmp_path / "out", train=train, schedule={"type": "constant"})
+    path = str(write_config(tmp_path, cfg))
+    assert cli.main(["train", path]) == 0
+    # Continued towards 10 steps at a rate that blows the weights up: update 5 makes
+    # them ~1e30, so step 6's loss is NaN and checkpoint 5 must not be offered.
+    longer = ["--set", "train.max_steps=10"]
+    capsys.readouterr()
+    assert cli.main(["train", path, *longer, "--set", "optim.learning_rate=1e30"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "training diverged: loss is nan at step" in err[0]
-    bad_step = int(err[0].split("at step ")[1].split(";")[0])
-    assert f"the last good checkpoint is step {bad_step - 1}" in err[0]
-    saved = sorted(
-        int(p.name) for p in (tmp_path / "out" / "checkpoints").iterdir() if p.name.isdigit()
-    )
-    assert saved[-1] == bad_step - 1
+    checkpoints = tmp_path / "out" / "checkpoints"
+    assert err == [
+        f"note: resuming from step 4 ({checkpoints})",
+        "jax-sft: error: training diverged: loss is nan at step 6; the last good checkpoint "
+        f"is step 4 in {checkpoints}",
+    ]
+    assert sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) == [4]
+    # That checkpoint resumes at a lower rate and the run finishes.
+    assert cli.main(["train", path, *longer, "--set", "optim.learning_rate=1e-4"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
+    assert sorted(losses) == list(range(1, 11)) and all(map(math.isfinite, losses.values()))
 
 
 def test_max_seq_len_beyond_positions_is_refused(tiny_base, tmp_path, capsys):

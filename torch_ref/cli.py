@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from interop.arguments import add_json, add_overrides
-from interop.errors import UserError
+from interop.boundary import run_command
+from interop.errors import BackendError, UserError
 from torch_ref.accelerator import default_to_cpu
 
 TORCH_PACKAGES = ("torch", "deepspeed", "peft")
@@ -86,22 +87,19 @@ def launcher_rank(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        argv = launcher_rank(sys.argv[1:] if argv is None else argv)
-        args = build_parser().parse_args(argv)
-        return args.run(args)
-    except UserError as err:
-        print(f"torch-ref: error: {err}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as err:
-        if err.name not in TORCH_PACKAGES:
-            raise
-        print(
-            f"torch-ref: error: {err.name} is not installed; install the torch extra: "
-            "pip install -e '.[torch]'",
-            file=sys.stderr,
-        )
-        return 1
+    def command() -> int:
+        args = build_parser().parse_args(launcher_rank(sys.argv[1:] if argv is None else argv))
+        try:
+            return args.run(args)
+        except ModuleNotFoundError as err:
+            if err.name not in TORCH_PACKAGES:
+                raise
+            raise BackendError(
+                f"error: {err.name} is not installed; install the torch extra: "
+                "pip install -e '.[torch]'"
+            ) from None
+
+    return run_command("torch-ref", command)
 
 
 if __name__ == "__main__":

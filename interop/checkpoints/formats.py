@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from interop.checkpoints.hf import is_hf_dir
+from interop.checkpoints.hf import is_hf_dir, read_json_object
 from interop.errors import UserError
 from interop.lora_format import is_lora_adapter
 
@@ -24,10 +23,9 @@ def detect_format(path: str | Path) -> str:
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: no such file or directory")
-    if is_lora_adapter(p):
-        return "lora-adapter"
     if (p / "adapter_config.json").is_file():
-        return "sparse-adapter"
+        read_json_object(p / "adapter_config.json")  # a broken file is the user's to mend
+        return "lora-adapter" if is_lora_adapter(p) else "sparse-adapter"
     if is_orbax_model_dir(p):
         return "orbax"
     if is_hf_dir(p):
@@ -42,7 +40,7 @@ def detect_format(path: str | Path) -> str:
 def adapter_base(adapter: Path, base: str | None) -> Path:
     """The base model an adapter (sparse or peft LoRA) applies to: `base` if given, else
     the one its config names."""
-    config = json.loads((adapter / "adapter_config.json").read_text())
+    config = read_json_object(adapter / "adapter_config.json")
     named = base or config.get("base_model") or config.get("base_model_name_or_path")
     if not named or not Path(named).exists() or detect_format(named).endswith("adapter"):
         raise UserError(

@@ -14,6 +14,7 @@ followed by a write changes no bit.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import zipfile
@@ -24,9 +25,11 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
+from interop.checkpoints.hf_config import check_hf_config
 from interop.errors import UserError
+from interop.outputs import file_mode
 
 HF_TOKENIZER_FILES = (
     "tokenizer.json",
@@ -79,7 +82,7 @@ def is_hf_dir(path: str | Path) -> bool:
     return (p / "config.json").is_file() and any((p / f).is_file() for f in WEIGHT_FILES)
 
 
-def _read_json_object(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -91,12 +94,29 @@ def _read_json_object(path: Path) -> dict:
     return data
 
 
+def write_tensors(tensors: dict[str, np.ndarray], path: Path) -> None:
+    """A safetensors file (PyTorch's metadata) with the permissions the umask gives, as any
+    other file of ours (safetensors itself creates it 0600)."""
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    os.chmod(path, file_mode())
+
+
+def read_tensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of one safetensors file; a truncated or corrupt file is a UserError."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise UserError(f"{path}: truncated or corrupt safetensors file ({err})") from None
+
+
 def read_hf_config(path: str | Path) -> dict:
-    """The parsed `config.json` of a model directory."""
+    """The parsed and checked `config.json` of a model directory."""
     p = Path(path)
     if not (p / "config.json").is_file():
         raise UserError(f"{p}: no config.json (not a Hugging Face model directory)")
-    return _read_json_object(p / "config.json")
+    config = read_json_object(p / "config.json")
+    check_hf_config(config, str(p / "config.json"))
+    return config
 
 
 def parse_size(size: int | str) -> int:
@@ -149,7 +169,7 @@ class HFCheckpointReader:
             if (p / single).is_file():
                 return [(p / single, [])]
             if (p / index).is_file():
-                weight_map = _read_json_object(p / index).get("weight_map")
+                weight_map = read_json_object(p / index).get("weight_map")
                 if not isinstance(weight_map, dict) or not all(
                     isinstance(v, str) for v in weight_map.values()
                 ):
@@ -294,7 +314,7 @@ def write_hf_checkpoint(
     pending_bytes = total_bytes = total_params = 0
 
     def flush() -> None:
-        save_file(pending, str(dst / f".shard-{len(shards)}.tmp"), metadata={"format": "pt"})
+        write_tensors(pending, dst / f".shard-{len(shards)}.tmp")
         shards.append(list(pending))
         pending.clear()
 

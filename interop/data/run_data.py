@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from interop.config import RunConfig
 from interop.data.batches import Batches
-from interop.data.examples import Example
+from interop.data.examples import IGNORE, Example
 from interop.data.pipeline import build_datasets
+from interop.errors import UserError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -72,6 +75,28 @@ def run_data(
     base_dir: Path = Path("."),
     records: list | None = None,
 ) -> RunData:
-    """The run's data from its config, plus `records` given in memory (`build_datasets`)."""
+    """The run's data from its config, plus `records` given in memory (`build_datasets`);
+    data in which no token would be scored is refused, naming the cause."""
     train, evals = build_datasets(cfg.data, tok, eot, base_dir=base_dir, records=records)
+    _check_scored(train, cfg, "data.sources")
+    if evals:
+        _check_scored(evals, cfg, "data.eval_sources" if cfg.data.eval_sources else "eval")
     return RunData(cfg, train, evals, tok.pad_token_id, dp)
+
+
+def scored_tokens(examples: list[Example]) -> int:
+    """Tokens a shifted loss would score (position 0 never is)."""
+    return sum(int(np.count_nonzero(e.labels[1:] != IGNORE)) for e in examples)
+
+
+def _check_scored(examples: list[Example], cfg: RunConfig, what: str) -> None:
+    if scored_tokens(examples):
+        return
+    d = cfg.data
+    cause = (
+        f"with loss_on completion, truncation to max_seq_len {d.max_seq_len} cut off every "
+        "completion"
+        if d.loss_on == "completion"
+        else f"every example is a single token at max_seq_len {d.max_seq_len}"
+    )
+    raise UserError(f"{what}: no token to train or evaluate on: {cause}")

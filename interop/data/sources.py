@@ -99,13 +99,25 @@ def _read_file(full: Path, shown: Path, source: DataSource) -> list[Row]:
     return [Row(_check(record, fmt, where), fmt, where) for where, record in records]
 
 
+def utf8_text(raw: bytes, shown: str | Path, first_line: int = 1) -> str:
+    """`raw` (the file `shown` from line `first_line` on) decoded as UTF-8; a bad byte
+    is a UserError naming the file and its line."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + first_line
+        byte = raw[exc.start]
+        raise UserError(f"{shown}:{line}: not UTF-8 text (byte 0x{byte:02x})") from None
+
+
 def _json_lines(full: Path, shown: Path) -> list[tuple[str, Any]]:
     records = []
-    with open(full, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(full, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{shown}:{number}"
+            line = utf8_text(raw, shown, number)
             if not line.strip():
                 continue
-            where = f"{shown}:{number}"
             try:
                 records.append((where, json.loads(line)))
             except json.JSONDecodeError as exc:
@@ -114,7 +126,7 @@ def _json_lines(full: Path, shown: Path) -> list[tuple[str, Any]]:
 
 
 def _json_file(full: Path, shown: Path) -> list[tuple[str, Any]]:
-    text = full.read_text(encoding="utf-8")
+    text = utf8_text(full.read_bytes(), shown)
     if not text.lstrip().startswith("["):
         return _json_lines(full, shown)
     try:

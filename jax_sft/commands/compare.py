@@ -77,6 +77,8 @@ def param_diff(
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.atol is not None and not args.atol >= 0:
+        raise UserError(f"--atol: {args.atol} is not a tolerance (give a number >= 0)")
     a, b = Path(args.a), Path(args.b)
     fmt_a, cfg_a, flat_a = read_checkpoint(a)
     fmt_b, cfg_b, flat_b = read_checkpoint(b)

@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("launch", help="run a jax-sft command as several local processes")
     p.add_argument("-n", "--num-processes", type=int, required=True)
     p.add_argument("--cpu-devices", type=int, help="virtual CPU devices per process")
-    p.set_defaults(run=run, takes_foreign_flags=True)
+    p.set_defaults(run=run, takes_foreign_flags=True, runs_a_command=True)
 
 
 def run(args: argparse.Namespace) -> int:

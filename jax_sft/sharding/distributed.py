@@ -67,6 +67,15 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def share_int(value: int) -> int:
+    """Process 0's `value`, on every process."""
+    if jax.process_count() == 1:
+        return value
+    import numpy as np
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
 def to_host(array: jax.Array):
     """The whole value of a (possibly sharded across processes) array, on this host."""
     import numpy as np

@@ -17,6 +17,7 @@ import numpy as np
 
 from interop.checkpoints.hf import is_hf_dir
 from interop.config import RunConfig
+from interop.data.sources import utf8_text
 from interop.data.tokenizer import load_tokenizer, pydoc_texts, train_tokenizer
 from interop.errors import UserError
 from interop.outputs import output_dir
@@ -32,7 +33,7 @@ def corpus_texts(corpus: str) -> list[str]:
     path = Path(corpus)
     if not path.is_file():
         raise UserError(f"model.pretrain.corpus: {corpus} is neither 'pydoc' nor a text file")
-    return [t for t in path.read_text().split("\n\n") if t.strip()]
+    return [t for t in utf8_text(path.read_bytes(), path).split("\n\n") if t.strip()]
 
 
 def _recipe(cfg: RunConfig) -> dict:

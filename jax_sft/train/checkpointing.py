@@ -42,6 +42,14 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def drop_from(self, step: int) -> int | None:
+        """Delete the steps from `step` on (once written); the newest step left."""
+        self.manager.wait_until_finished()
+        for found in self.manager.all_steps():
+            if found >= step:
+                self.manager.delete(found)
+        return self.manager.latest_step()
+
     def save(self, step: int, state: TrainState, record: dict, tag: str | None = None) -> Path:
         """Start writing (untagged: returns once the state has been copied off the device;
         tagged: once it is on disk); where it goes."""

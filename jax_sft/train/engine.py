@@ -17,7 +17,7 @@ from flax import nnx
 
 from interop.config import RunConfig
 from interop.loop import eval_result, fit
-from interop.outputs import output_dir
+from interop.outputs import ensure_space, output_dir
 from interop.schedules import learning_rate
 from jax_sft.checkpoints.loading import write_checkpoint
 from jax_sft.core.step import make_eval_step, make_train_step
@@ -58,6 +58,10 @@ class Engine(Setup):
     def steps_per_epoch(self) -> int:
         return self.batches.steps_per_epoch
 
+    @property
+    def vocab_size(self) -> int:
+        return self.hf_config["vocab_size"]
+
     def lr(self, step: int) -> float:
         """The learning rate of optimizer step `step` (the one schedule formula)."""
         return learning_rate(
@@ -97,7 +101,9 @@ class Engine(Setup):
         """The checkpoint directory (default: the run's own), opened on first use."""
         path = Path(directory) if directory is not None else self.out / "checkpoints"
         if path not in self._checkpoints:
-            self._checkpoints[path] = Checkpoints(path, self.cfg.train.keep_checkpoints)
+            # One more than asked: the newest is not vouched for until the next loss is
+            # known (`interop.loop`), and must not push out the last one that is.
+            self._checkpoints[path] = Checkpoints(path, self.cfg.train.keep_checkpoints + 1)
         return self._checkpoints[path]
 
     def save_checkpoint(
@@ -106,7 +112,10 @@ class Engine(Setup):
         """Save the whole state (asynchronously) as `tag` (default: the step number) in
         `save_dir` (default: OUTPUT_DIR/checkpoints); `client_state` is stored beside it."""
         record = {"step": self.global_steps, "client_state": client_state or {}}
-        return self._manager(save_dir).save(self.global_steps, self.state, record, tag)
+        manager = self._manager(save_dir)
+        nbytes = sum(x.nbytes for x in jax.tree.leaves(self.state))
+        ensure_space(manager.directory, nbytes, f"the checkpoint of step {self.global_steps}")
+        return manager.save(self.global_steps, self.state, record, tag)
 
     def load_checkpoint(
         self, load_dir: str | Path | None = None, tag: str | None = None
@@ -120,6 +129,10 @@ class Engine(Setup):
         self.state, record = manager.restore(found, self.state)
         self.global_steps = int(record["step"])
         return manager.path_of(found), record.get("client_state", {})
+
+    def drop_checkpoints_from(self, step: int) -> int | None:
+        """Remove the run's own checkpoints from `step` on; the newest step left."""
+        return self._manager(None).drop_from(step)
 
     def restore_latest(self) -> int | None:
         """Resume from the run's own latest checkpoint; its step (None: there is none)."""
@@ -154,6 +167,8 @@ class Engine(Setup):
     def export_hf(self, dst: Path, *, overwrite: bool = True) -> None:
         """The trained model as a Hugging Face directory (weights in the param dtype);
         every process takes part in gathering, process 0 writes."""
+        nbytes = sum(x.nbytes for x in jax.tree.leaves(self.state["params"]))
+        ensure_space(dst.parent, nbytes, f"{dst.name}/")
         model = nnx.merge(self.graphdef, jax.jit(self.mode.params)(self.state))
         flat = {
             registry.path_str(p): to_host(v.get_value())

@@ -1,8 +1,10 @@
-"""Starting a run from a RunConfig: the output directory's rules, the base model, the export.
+"""Starting a run from a RunConfig: its directory, the base model, the export.
 
-An output directory that holds a checkpoint is resumed; one that holds anything else is
-refused unless `overwrite` (which keeps the cached `base/`). The final model goes to
+The directory's rules are `interop.run_dir`'s: a checkpoint of this run is resumed; a new
+run is staged beside the directory and takes its place once complete (with `overwrite`
+replacing what was there, whose cached `base/` it keeps). The final model goes to
 `OUTPUT_DIR/hf` as a Hugging Face directory, and a mode's adapter to `OUTPUT_DIR/adapter`.
+`prepare_output` is the simpler rule of commands that write a report directory.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from interop.config import RunConfig, load_config, with_sections
-from interop.outputs import check_run_dir, clear_run_dir, removed_if_refused
-from jax_sft.sharding.distributed import barrier, is_main
+from interop.outputs import check_run_dir, clear_run_dir
+from interop.preflight import check_data_given
+from interop.run_dir import RunDir, identity, open_shared
+from jax_sft.sharding.distributed import barrier, is_main, share_int
 from jax_sft.train.base_model import ensure_base
 from jax_sft.train.engine import Engine
 
@@ -57,17 +61,35 @@ def train(
     allow_existing: bool = False,
     on_eval: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Run to the end, export `OUTPUT_DIR/hf` (and the adapter); returns the summary."""
-    out = Path(config.train.output_dir)
-    created = not out.exists()
-    if is_main():
-        prepare_output(out, overwrite=overwrite, resume=resume, allow_existing=allow_existing)
-    barrier("prepare_output")
-    with removed_if_refused(out, created and is_main()):
-        engine = make_engine(config)
-    for note in engine.notes if is_main() else ():
-        print(f"note: {note}", file=sys.stderr)
-    summary = engine.fit(on_eval)
-    engine.export_hf(out / "hf")
-    engine.export_adapter(out / "adapter")
-    return {**summary, "output_dir": str(out)}
+    """Run to the end in the run's directory (`interop.run_dir`: staged, locked, checked
+    against its checkpoint), export `hf/` and the adapter; returns the summary.
+    `allow_existing` writes in place (DeepSpeed-Chat's `--output_dir`)."""
+    check_data_given(config)
+    rd = RunDir(Path(config.train.output_dir))
+    try:
+        work = open_shared(
+            rd,
+            identity(config, "jax"),
+            is_main=is_main(),
+            share=share_int,
+            overwrite=overwrite,
+            resume=resume,
+            in_place=allow_existing,
+        )
+        try:
+            engine = make_engine(with_sections(config, {"train": {"output_dir": str(work)}}))
+            for note in engine.notes if is_main() else ():
+                print(f"note: {note}", file=sys.stderr)
+            summary = engine.fit(on_eval)
+            engine.export_hf(work / "hf")
+            engine.export_adapter(work / "adapter")
+        except BaseException:
+            if is_main():
+                rd.abandon()
+            raise
+        if is_main():
+            rd.commit()
+        barrier("commit")
+    finally:
+        rd.close()
+    return {**summary, "output_dir": str(rd.out)}

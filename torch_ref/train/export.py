@@ -17,7 +17,7 @@ import torch
 from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
 from deepspeed.utils import safe_get_full_fp32_param
 
-from interop.outputs import output_dir
+from interop.outputs import default_permissions, output_dir
 from torch_ref.train import distributed, sparse
 from torch_ref.train.build import build
 from torch_ref.train.model import restore_dropout
@@ -74,8 +74,10 @@ def _write(trainer: Trainer, values: dict[str, torch.Tensor]) -> None:
         model.peft_config["default"].base_model_name_or_path = base
         with output_dir(out / "adapter", overwrite=True) as tmp:
             model.save_pretrained(str(tmp))
+            default_permissions(tmp)
         model = model.merge_and_unload()
     restore_dropout(model, fresh.source.model_dir)
     with output_dir(out / "hf", overwrite=True) as tmp:
         model.to(DTYPES[cfg.model.param_dtype]).save_pretrained(str(tmp))
         fresh.tokenizer.save_pretrained(str(tmp))
+        default_permissions(tmp)

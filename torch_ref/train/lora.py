@@ -13,11 +13,11 @@ train at `lora.learning_rate` (None: `optim.learning_rate`) on the common schedu
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from interop.checkpoints.hf import read_json_object
 from interop.config import RunConfig
 from interop.errors import UserError
 from interop.lora_format import CONFIG
@@ -48,7 +48,7 @@ def attach(model: torch.nn.Module, cfg: RunConfig, adapter: Path | None) -> torc
             task_type="CAUSAL_LM",
         )
         return peft.get_peft_model(model, config)
-    rank = json.loads((adapter / CONFIG).read_text())["r"]
+    rank = read_json_object(adapter / CONFIG).get("r")
     if rank != cfg.lora.rank:
         raise UserError(f"lora.rank: {cfg.lora.rank}, but {adapter} has rank {rank}")
     config = peft.LoraConfig.from_pretrained(str(adapter))

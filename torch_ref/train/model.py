@@ -26,7 +26,7 @@ import torch
 import transformers
 
 from interop.checkpoints.formats import adapter_base, detect_format
-from interop.checkpoints.hf import HFCheckpointReader, is_hf_dir
+from interop.checkpoints.hf import HFCheckpointReader, is_hf_dir, read_hf_config
 from interop.config import RunConfig
 from interop.errors import UserError
 from interop.lora_format import merge_lora
@@ -79,7 +79,10 @@ def _is_dropout(key: str, value: object) -> bool:
 
 
 def load_hf_model(model_dir: Path) -> tuple[transformers.PreTrainedModel, list[str]]:
-    """(float32 eager-attention model in train mode without dropout, notes)."""
+    """(float32 eager-attention model in train mode without dropout, notes). The config
+    and the weight files are checked first, so a bad one is a one-line UserError."""
+    read_hf_config(model_dir)
+    HFCheckpointReader(model_dir).close()
     config = transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True)
     notes = []
     for key, value in sorted(config.to_dict().items()):

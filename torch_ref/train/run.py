@@ -4,8 +4,8 @@ The config is read as `jax-sft train` reads it: the YAML, a ds.json (if any) lai
 by `interop.frontends.deepspeed_json`, `--set` over both. The data-parallel size is the
 number of processes (`torchrun --nproc_per_node P`); `parallel.data`/`fsdp` describe a
 JAX mesh and only earn a note when they disagree; tensor parallelism is refused.
-An output directory holding a DeepSpeed checkpoint is resumed; one holding anything
-else is refused unless `--overwrite` (which keeps a cached tiny `base/`).
+The output directory's rules are `interop.run_dir`'s, as for `jax-sft train` (a JAX
+run's checkpoint is another run's: its identity names the backend).
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from pathlib import Path
 import deepspeed
 import transformers
 
-from interop.config import RunConfig, load_config
+from interop.config import RunConfig, load_config, with_sections
 from interop.errors import UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
-from interop.outputs import check_run_dir, clear_run_dir, has_checkpoint, removed_if_refused
+from interop.preflight import check_data_given
 from interop.report import emit, eval_printer
+from interop.run_dir import RunDir, identity, open_shared
 from torch_ref.train import distributed
 from torch_ref.train.build import build
 from torch_ref.train.export import export
@@ -50,17 +51,6 @@ def run_config(args: argparse.Namespace, dp: int) -> tuple[RunConfig, list[str]]
     return cfg, notes
 
 
-def check_output(out: Path, *, overwrite: bool, resume: bool) -> None:
-    """The shared output-directory rules, and a checkpoint to resume must be DeepSpeed's."""
-    check_run_dir(out, overwrite=overwrite, resume=resume)
-    checkpoints = out / "checkpoints"
-    if not overwrite and has_checkpoint(out) and not (checkpoints / "latest").is_file():
-        raise UserError(
-            f"train.output_dir: {checkpoints} holds no DeepSpeed checkpoint (no 'latest' "
-            "file); pass --overwrite to replace it"
-        )
-
-
 def train(args: argparse.Namespace) -> int:
     deepspeed.utils.logger.setLevel(logging.WARNING)
     transformers.utils.logging.disable_progress_bar()
@@ -68,20 +58,36 @@ def train(args: argparse.Namespace) -> int:
     distributed.initialize()
     main = distributed.is_main()
     cfg, notes = run_config(args, distributed.world_size())
-    out = Path(cfg.train.output_dir)
-    created = not out.exists()
-    check_output(out, overwrite=args.overwrite, resume=args.resume)  # every rank, or none
-    distributed.barrier()
-    if main:
-        clear_run_dir(out, overwrite=args.overwrite)
-    distributed.barrier()
-    with removed_if_refused(out, created and main):
-        built = build(cfg)
-        trainer = Trainer(cfg, built)
-    for note in [*notes, *built.notes] if main else ():
-        print(f"note: {note}", file=sys.stderr)
-    summary = trainer.fit(eval_printer(cfg.logging.style))
-    export(trainer)
+    check_data_given(cfg)
+    rd = RunDir(Path(cfg.train.output_dir))
+    try:
+        work = open_shared(
+            rd,
+            identity(cfg, "torch"),
+            is_main=main,
+            share=distributed.share_int,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            in_place=False,
+        )
+        try:
+            cfg = with_sections(cfg, {"train": {"output_dir": str(work)}})
+            built = build(cfg)
+            trainer = Trainer(cfg, built)
+            for note in [*notes, *built.notes] if main else ():
+                print(f"note: {note}", file=sys.stderr)
+            summary = trainer.fit(eval_printer(cfg.logging.style))
+            export(trainer)
+        except BaseException:
+            if main:
+                rd.abandon()
+            raise
+        if main:
+            rd.commit()
+        distributed.barrier()
+    finally:
+        rd.close()
+    out = rd.out
     summary["output_dir"] = str(out)
     last = summary.get("last_eval") or {}
     lines = [f"trained {summary['steps']} steps; final model: {out}/hf"]

@@ -34,6 +34,7 @@ from interop.data.batches import Batches
 from interop.data.run_data import run_data
 from interop.errors import UserError
 from interop.loop import eval_result, fit
+from interop.outputs import ensure_space
 from interop.schedules import learning_rate
 from torch_ref.train import distributed, sparse
 from torch_ref.train.build import Built
@@ -58,6 +59,7 @@ class Trainer:
         self.batches, self.eval_batches = data.global_batches(), data.eval_batches()
         self.total_steps = data.total_steps()
         self.steps_per_epoch = self.batches.steps_per_epoch
+        self.vocab_size = built.model.get_input_embeddings().weight.shape[0]
         optimizer = make_optimizer(built.model, cfg)
         if not optimizer.param_groups:
             raise UserError("the run has no trainable parameters")
@@ -146,18 +148,43 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """A DeepSpeed checkpoint tagged step_N; only the newest keep_checkpoints stay."""
         step = self.global_steps
+        params = list(self.engine.module.parameters())
+        sizes = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in params]
+        nbytes = sum(4 * n * (3 if trained else 1) for n, trained in sizes)
+        ensure_space(self.checkpoint_dir, nbytes, f"the checkpoint of step {step}")
         self.engine.save_checkpoint(
             str(self.checkpoint_dir), tag=f"step_{step}", client_state={"step": step}
         )
-        if self.is_main:
-            tags = sorted(
-                (int(m.group(1)), p)
-                for p in self.checkpoint_dir.iterdir()
-                if (m := TAG.match(p.name)) and p.is_dir()
-            )
-            for _, old in tags[: -self.cfg.train.keep_checkpoints]:
+        if self.is_main:  # one more than asked, as the JAX engine keeps (`interop.loop`)
+            for _, old in self._tags()[: -(self.cfg.train.keep_checkpoints + 1)]:
                 shutil.rmtree(old)
         distributed.barrier()
+
+    def _tags(self) -> list[tuple[int, Path]]:
+        """(step, directory) of the run's DeepSpeed checkpoints, oldest first."""
+        if not self.checkpoint_dir.is_dir():
+            return []
+        return sorted(
+            (int(m.group(1)), p)
+            for p in self.checkpoint_dir.iterdir()
+            if (m := TAG.match(p.name)) and p.is_dir()
+        )
+
+    def drop_checkpoints_from(self, step: int) -> int | None:
+        """Remove the checkpoints from `step` on, pointing `latest` at the newest left."""
+        if self.is_main:
+            for found, path in self._tags():
+                if found >= step:
+                    shutil.rmtree(path)
+            left = self._tags()
+            latest = self.checkpoint_dir / "latest"
+            if left:
+                latest.write_text(left[-1][1].name)
+            else:
+                latest.unlink(missing_ok=True)
+        distributed.barrier()
+        tags = self._tags()
+        return tags[-1][0] if tags else None
 
     def restore_latest(self) -> int | None:
         """Restore the latest checkpoint of the output directory; its step (None: none)."""
