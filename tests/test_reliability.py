@@ -7,6 +7,7 @@ was there before is byte-for-byte unchanged, and that no empty directory is left
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -346,3 +347,30 @@ def test_steps_without_a_scored_token_are_counted(tiny_base, tmp_path, capsys):
     assert jax_cli.main(["train", config(tmp_path, tiny_base, **sections), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps_without_tokens"] == 2  # one of the two examples, in each epoch
+
+
+@pytest.mark.parametrize("prog", sorted(CLIS))
+def test_nan_stop_names_a_checkpoint_that_resumes_at_a_lower_lr(prog, tiny_base, tmp_path, capsys):
+    train = {"max_steps": 4, "save_every": 1, "log_every": 1, "keep_checkpoints": 1}
+    path = config(tmp_path, tiny_base, train=train, schedule={"type": "constant"})
+    main = CLIS[prog]
+    assert main(["train", path]) == 0
+    # Continued towards 10 steps at a rate that blows the weights up: update 5 makes
+    # them ~1e30, so step 6's loss is NaN and checkpoint 5 must not be offered.
+    longer = ["--set", "train.max_steps=10"]
+    capsys.readouterr()
+    assert main(["train", path, *longer, "--set", "optim.learning_rate=1e30"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    checkpoints = tmp_path / "out" / "checkpoints"
+    assert err == [
+        f"note: resuming from step 4 ({checkpoints})",
+        f"{prog}: error: training diverged: loss is nan at step 6; the last good checkpoint "
+        f"is step 4 in {checkpoints}",
+    ]
+    kept = sorted(p.name for p in checkpoints.iterdir() if p.is_dir())
+    assert kept == (["4"] if prog == "jax-sft" else ["step_4"])
+    # That checkpoint resumes at a lower rate and the run finishes.
+    assert main(["train", path, *longer, "--set", "optim.learning_rate=1e-4"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
+    assert sorted(losses) == list(range(1, 11)) and all(map(math.isfinite, losses.values()))

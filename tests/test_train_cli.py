@@ -1,7 +1,6 @@
 """`jax-sft train`, `eval` and `dschat-step1` end to end, and their answers to bad input."""
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -33,31 +32,6 @@ def test_train_writes_metrics_checkpoints_and_hf_export(tiny_base, tmp_path, cap
     assert cli.main(["eval", str(cfg), "--checkpoint", str(tmp_path / "out"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert abs(result["eval_loss"] - summary["last_eval"]["eval_loss"]) < 1e-5
-
-
-def test_nan_stop_names_a_checkpoint_that_resumes_with_a_lower_lr(tiny_base, tmp_path, capsys):
-    train = {"max_steps": 4, "save_every": 1, "log_every": 1, "keep_checkpoints": 1}
-    cfg = run_config(tiny_base, tmp_path / "out", train=train, schedule={"type": "constant"})
-    path = str(write_config(tmp_path, cfg))
-    assert cli.main(["train", path]) == 0
-    # Continued towards 10 steps at a rate that blows the weights up: update 5 makes
-    # them ~1e30, so step 6's loss is NaN and checkpoint 5 must not be offered.
-    longer = ["--set", "train.max_steps=10"]
-    capsys.readouterr()
-    assert cli.main(["train", path, *longer, "--set", "optim.learning_rate=1e30"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    checkpoints = tmp_path / "out" / "checkpoints"
-    assert err == [
-        f"note: resuming from step 4 ({checkpoints})",
-        "jax-sft: error: training diverged: loss is nan at step 6; the last good checkpoint "
-        f"is step 4 in {checkpoints}",
-    ]
-    assert sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) == [4]
-    # That checkpoint resumes at a lower rate and the run finishes.
-    assert cli.main(["train", path, *longer, "--set", "optim.learning_rate=1e-4"]) == 0
-    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
-    losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
-    assert sorted(losses) == list(range(1, 11)) and all(map(math.isfinite, losses.values()))
 
 
 def test_max_seq_len_beyond_positions_is_refused(tiny_base, tmp_path, capsys):

@@ -64,6 +64,10 @@ class Trainer:
         if not optimizer.param_groups:
             raise UserError("the run has no trainable parameters")
         scheduler = make_scheduler(optimizer, cfg, self.total_steps)
+        # This run's hyper-parameters per group, which a resumed checkpoint must not undo.
+        self._groups = [
+            {k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups
+        ]
         self.engine, _, _, _ = deepspeed.initialize(
             model=built.model,
             optimizer=optimizer,
@@ -194,7 +198,21 @@ class Trainer:
         if path is None:
             raise UserError(f"{self.checkpoint_dir}: cannot load the latest DeepSpeed checkpoint")
         self.global_steps = int(client["step"])
+        self._reapply_hyperparameters()
         return self.global_steps
+
+    def _reapply_hyperparameters(self) -> None:
+        """DeepSpeed restores the saved run's learning rates, betas and weight decay with
+        the optimizer state; this run's own (a lower rate after a NaN, say) win, as they do
+        on the JAX side, and the schedule continues from the restored step."""
+        scheduler = self.engine.lr_scheduler
+        groups = scheduler.optimizer.param_groups
+        for group, ours in zip(groups, self._groups, strict=True):
+            group.update(ours)
+            group["initial_lr"] = ours["lr"]
+        scheduler.base_lrs = [ours["lr"] for ours in self._groups]
+        for group, factor in zip(groups, scheduler.lr_lambdas, strict=True):
+            group["lr"] = group["initial_lr"] * factor(scheduler.last_epoch)
 
     def fit(self, printer=None) -> dict:
         """Train to the end (resuming from the latest checkpoint if there is one)."""
