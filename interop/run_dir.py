@@ -10,8 +10,9 @@ checkpoint is resumed only by the run it belongs to (both trainers).
 - **In place.** A directory holding this run's checkpoint is resumed in place;
   DeepSpeed-Chat's `--output_dir` (its scripts create it and log into it first) is
   written in place too, and refused, naming them, if it holds files the run did not make.
-- **One at a time.** The run holds an exclusive lock (`.NAME.lock` beside the directory,
-  released by the kernel even after kill -9); a second run is refused with the holder's pid.
+- **One at a time.** The run holds an exclusive lock on `.NAME.lock` beside the directory
+  (the kernel releases it even after kill -9; the file goes when the run ends); a second
+  run is refused with the holder's pid.
 - **Whose checkpoint.** `run.json` records what the run is (`identity`: backend, model
   files, training mode and the settings that shape its state and data); resuming
   compares it and names the first setting that differs. The learning rate, the schedule
@@ -84,10 +85,13 @@ class RunDir:
         self.stage = self.out.parent / f".{self.out.name}.partial"
         self.work = self.out
         self.created = False  # the run made `out` itself (in place)
+        self.lock_path = self.out.parent / f".{self.out.name}.lock"
+        self._made: list[Path] = []  # parents that did not exist
         self._lock = None
 
     def open(self, ident: dict, *, overwrite: bool, resume: bool, in_place: bool) -> Path:
         """Choose and prepare the working directory; returns it."""
+        self._made = [p for p in self.out.parents if not p.exists()][::-1]
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.lock()
         if not overwrite and has_checkpoint(self.out):
@@ -127,20 +131,29 @@ class RunDir:
         return self.stage
 
     def lock(self) -> None:
-        """Hold the directory's lock for the life of the run (see the module docstring)."""
-        path = self.out.parent / f".{self.out.name}.lock"
-        handle = open(path, "a+")  # noqa: SIM115 (held for the run's life)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise UserError(f"{self.out}: another run is using it (pid {holder})") from None
-        handle.truncate(0)
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._lock = handle
+        """Hold the directory's lock for the life of the run (see the module docstring).
+        The lock file goes when the run ends; a run that locked a file just unlinked by
+        the one before it notices (another inode under the name) and locks anew."""
+        while self._lock is None:
+            handle = open(self.lock_path, "a+")  # noqa: SIM115 (held for the run's life)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise UserError(f"{self.out}: another run is using it (pid {holder})") from None
+            try:
+                current = os.stat(self.lock_path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current != os.fstat(handle.fileno()).st_ino:
+                handle.close()
+                continue
+            handle.truncate(0)
+            handle.write(str(os.getpid()))
+            handle.flush()
+            self._lock = handle
 
     def _check(self, path: Path, ident: dict) -> None:
         marker = path / MARKER
@@ -175,9 +188,14 @@ class RunDir:
             shutil.rmtree(self.out)
 
     def close(self) -> None:
+        """Release the lock; what the run made only to hold it goes too."""
         if self._lock is not None:
+            self.lock_path.unlink(missing_ok=True)
             self._lock.close()
             self._lock = None
+        for made in reversed(self._made):
+            if made.is_dir() and not any(made.iterdir()):
+                made.rmdir()
 
 
 def open_shared(

@@ -24,3 +24,4 @@ def tiny_base(tmp_path_factory):
         }
     )
     return ensure_base(cfg)
+
