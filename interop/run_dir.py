@@ -27,13 +27,15 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from interop.checkpoints.formats import detect_format
-from interop.config import RunConfig
+from interop.config import RunConfig, with_sections
 from interop.errors import UserError
 from interop.outputs import has_checkpoint
+from interop.preflight import check_data_given
 
 MARKER = "run.json"
 BASE = "base"  # the cached tiny base model (`model.tiny`), kept across --overwrite
@@ -198,8 +200,42 @@ class RunDir:
                 made.rmdir()
 
 
-def open_shared(
-    rd: RunDir, ident: dict, *, is_main: bool, share: Callable[[int], int], **options
+@contextmanager
+def run_directory(
+    cfg: RunConfig,
+    backend: str,
+    *,
+    is_main: bool,
+    share: Callable[[int], int],
+    barrier: Callable[[], None],
+    overwrite: bool,
+    resume: bool,
+    in_place: bool = False,
+) -> Iterator[RunConfig]:
+    """The run's directory for the length of the block: yields `cfg` pointed at where the
+    run writes. When the block completes, a staged run takes the directory's name; when
+    it fails, what the run made without a checkpoint goes. Process 0 decides and holds
+    the lock (`share` and `barrier` are the backend's collectives)."""
+    check_data_given(cfg)
+    rd = RunDir(Path(cfg.train.output_dir))
+    try:
+        options = dict(overwrite=overwrite, resume=resume, in_place=in_place)
+        work = _open_shared(rd, identity(cfg, backend), is_main, share, options)
+        try:
+            yield with_sections(cfg, {"train": {"output_dir": str(work)}})
+        except BaseException:
+            if is_main:
+                rd.abandon()
+            raise
+        if is_main:
+            rd.commit()
+        barrier()
+    finally:
+        rd.close()
+
+
+def _open_shared(
+    rd: RunDir, ident: dict, is_main: bool, share: Callable[[int], int], options: dict
 ) -> Path:
     """`rd.open` on process 0; every process learns the directory it chose."""
     code, error = 0, None

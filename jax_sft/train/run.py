@@ -15,8 +15,7 @@ from pathlib import Path
 
 from interop.config import RunConfig, load_config, with_sections
 from interop.outputs import check_run_dir, clear_run_dir
-from interop.preflight import check_data_given
-from interop.run_dir import RunDir, identity, open_shared
+from interop.run_dir import run_directory
 from jax_sft.sharding.distributed import barrier, is_main, share_int
 from jax_sft.train.base_model import ensure_base
 from jax_sft.train.engine import Engine
@@ -64,32 +63,20 @@ def train(
     """Run to the end in the run's directory (`interop.run_dir`: staged, locked, checked
     against its checkpoint), export `hf/` and the adapter; returns the summary.
     `allow_existing` writes in place (DeepSpeed-Chat's `--output_dir`)."""
-    check_data_given(config)
-    rd = RunDir(Path(config.train.output_dir))
-    try:
-        work = open_shared(
-            rd,
-            identity(config, "jax"),
-            is_main=is_main(),
-            share=share_int,
-            overwrite=overwrite,
-            resume=resume,
-            in_place=allow_existing,
-        )
-        try:
-            engine = make_engine(with_sections(config, {"train": {"output_dir": str(work)}}))
-            for note in engine.notes if is_main() else ():
-                print(f"note: {note}", file=sys.stderr)
-            summary = engine.fit(on_eval)
-            engine.export_hf(work / "hf")
-            engine.export_adapter(work / "adapter")
-        except BaseException:
-            if is_main():
-                rd.abandon()
-            raise
-        if is_main():
-            rd.commit()
-        barrier("commit")
-    finally:
-        rd.close()
-    return {**summary, "output_dir": str(rd.out)}
+    with run_directory(
+        config,
+        "jax",
+        is_main=is_main(),
+        share=share_int,
+        barrier=lambda: barrier("run_directory"),
+        overwrite=overwrite,
+        resume=resume,
+        in_place=allow_existing,
+    ) as cfg:
+        engine = make_engine(cfg)
+        for note in engine.notes if is_main() else ():
+            print(f"note: {note}", file=sys.stderr)
+        summary = engine.fit(on_eval)
+        engine.export_hf(engine.out / "hf")
+        engine.export_adapter(engine.out / "adapter")
+    return {**summary, "output_dir": str(Path(config.train.output_dir))}

@@ -19,12 +19,11 @@ from pathlib import Path
 import deepspeed
 import transformers
 
-from interop.config import RunConfig, load_config, with_sections
+from interop.config import RunConfig, load_config
 from interop.errors import UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
-from interop.preflight import check_data_given
 from interop.report import emit, eval_printer
-from interop.run_dir import RunDir, identity, open_shared
+from interop.run_dir import run_directory
 from torch_ref.train import distributed
 from torch_ref.train.build import build
 from torch_ref.train.export import export
@@ -58,36 +57,22 @@ def train(args: argparse.Namespace) -> int:
     distributed.initialize()
     main = distributed.is_main()
     cfg, notes = run_config(args, distributed.world_size())
-    check_data_given(cfg)
-    rd = RunDir(Path(cfg.train.output_dir))
-    try:
-        work = open_shared(
-            rd,
-            identity(cfg, "torch"),
-            is_main=main,
-            share=distributed.share_int,
-            overwrite=args.overwrite,
-            resume=args.resume,
-            in_place=False,
-        )
-        try:
-            cfg = with_sections(cfg, {"train": {"output_dir": str(work)}})
-            built = build(cfg)
-            trainer = Trainer(cfg, built)
-            for note in [*notes, *built.notes] if main else ():
-                print(f"note: {note}", file=sys.stderr)
-            summary = trainer.fit(eval_printer(cfg.logging.style))
-            export(trainer)
-        except BaseException:
-            if main:
-                rd.abandon()
-            raise
-        if main:
-            rd.commit()
-        distributed.barrier()
-    finally:
-        rd.close()
-    out = rd.out
+    out = Path(cfg.train.output_dir)
+    with run_directory(
+        cfg,
+        "torch",
+        is_main=main,
+        share=distributed.share_int,
+        barrier=distributed.barrier,
+        overwrite=args.overwrite,
+        resume=args.resume,
+    ) as work_cfg:
+        built = build(work_cfg)
+        trainer = Trainer(work_cfg, built)
+        for note in [*notes, *built.notes] if main else ():
+            print(f"note: {note}", file=sys.stderr)
+        summary = trainer.fit(eval_printer(cfg.logging.style))
+        export(trainer)
     summary["output_dir"] = str(out)
     last = summary.get("last_eval") or {}
     lines = [f"trained {summary['steps']} steps; final model: {out}/hf"]
