@@ -14,15 +14,22 @@ ln V, the uniform guess, with a zero gradient for `DEAD_STEPS` steps), every che
 from N on is removed and the message names the newest that remains: it truly resumes
 (with a lower learning rate, say). Trainers keep one checkpoint more than
 `train.keep_checkpoints` so that the newest, not yet vouched for, never pushes out the
-last one that is. Ctrl-C stops with the step reached and the checkpoint that resumes.
+last one that is.
+
+Ctrl-C asks the loop to stop after the step under way, so that it never lands inside a
+checkpoint write or a collective (a second Ctrl-C stops at once); the message names the
+step reached and the checkpoint that resumes.
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -97,36 +104,10 @@ class _Loop:
         self.checkpoint: int | None = None  # the newest checkpoint of this run
 
     def run(self) -> dict:
-        t, tc = self.t, self.t.cfg.train
+        t = self.t
         try:
-            resumed = self.checkpoint = t.restore_latest()
-            if resumed is not None and t.is_main:
-                where = t.out / "checkpoints"
-                print(f"note: resuming from step {resumed} ({where})", file=sys.stderr)
-            self.log.truncate_after(resumed if resumed is not None else -1)
-            first_eval = self.report_eval() if resumed is None else {}
-            last_eval, pending = first_eval, []
-            started, start_step = time.monotonic(), t.global_steps
-            self.last_flush = started
-            every = 1 if t.cfg.logging.print_loss else tc.log_every
-            while t.global_steps < t.total_steps:
-                pending.append((t.global_steps + 1, t.train_step()))
-                done = t.global_steps
-                boundary = done % t.steps_per_epoch == 0
-                final = done == t.total_steps
-                save = bool(tc.save_every and done % tc.save_every == 0) or final
-                if done % every == 0 or save or boundary:
-                    self.flush(pending)
-                    pending = []
-                    last = self.last_logged
-                    self.log.show(
-                        done, t.total_steps, last["loss"], last["tokens_per_s"], started, start_step
-                    )
-                if save:
-                    t.save_checkpoint()
-                    self.checkpoint = done
-                if (tc.eval_every and done % tc.eval_every == 0) or boundary or final:
-                    last_eval = self.report_eval()
+            with _stop_after_step() as stop:
+                first_eval, last_eval = self.train(stop)
         except KeyboardInterrupt:
             resumes = (
                 f"checkpoint step {self.checkpoint} in {t.out / 'checkpoints'} resumes it"
@@ -144,6 +125,41 @@ class _Loop:
             "steps_without_tokens": self.empty_steps,
             **self.last_logged,
         }
+
+    def train(self, stop: threading.Event) -> tuple[dict, dict]:
+        """Resume or start, then step to the end; the first and the last evaluation."""
+        t, tc = self.t, self.t.cfg.train
+        resumed = self.checkpoint = t.restore_latest()
+        if resumed is not None and t.is_main:
+            where = t.out / "checkpoints"
+            print(f"note: resuming from step {resumed} ({where})", file=sys.stderr)
+        self.log.truncate_after(resumed if resumed is not None else -1)
+        first_eval = self.report_eval() if resumed is None else {}
+        last_eval, pending = first_eval, []
+        started, start_step = time.monotonic(), t.global_steps
+        self.last_flush = started
+        every = 1 if t.cfg.logging.print_loss else tc.log_every
+        while t.global_steps < t.total_steps:
+            if stop.is_set():
+                raise KeyboardInterrupt
+            pending.append((t.global_steps + 1, t.train_step()))
+            done = t.global_steps
+            boundary = done % t.steps_per_epoch == 0
+            final = done == t.total_steps
+            save = bool(tc.save_every and done % tc.save_every == 0) or final
+            if done % every == 0 or save or boundary:
+                self.flush(pending)
+                pending = []
+                last = self.last_logged
+                self.log.show(
+                    done, t.total_steps, last["loss"], last["tokens_per_s"], started, start_step
+                )
+            if save:
+                t.save_checkpoint()
+                self.checkpoint = done
+            if (tc.eval_every and done % tc.eval_every == 0) or boundary or final:
+                last_eval = self.report_eval()
+        return first_eval, last_eval
 
     def report_eval(self) -> dict:
         result = self.t.evaluate()
@@ -200,3 +216,24 @@ class _Loop:
             else "no good checkpoint was saved"
         )
         raise UserError(f"{what}; {where}")
+
+
+@contextmanager
+def _stop_after_step() -> Iterator[threading.Event]:
+    """While the block runs, the first Ctrl-C only sets the event the loop checks between
+    steps; a second one interrupts at once. Outside the main thread, Ctrl-C is left as is."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
