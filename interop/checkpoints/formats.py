@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from interop.checkpoints.deepspeed_files import is_deepspeed_dir
 from interop.checkpoints.hf import is_hf_dir, read_json_object
 from interop.errors import UserError
 from interop.lora_format import is_lora_adapter
@@ -18,8 +19,8 @@ def is_orbax_model_dir(path: str | Path) -> bool:
 
 
 def detect_format(path: str | Path) -> str:
-    """'hf', 'orbax', 'lora-adapter' (peft) or 'sparse-adapter'; a UserError naming the
-    path when it is none."""
+    """'hf', 'orbax', 'deepspeed', 'lora-adapter' (peft) or 'sparse-adapter'; a UserError
+    naming the path when it is none."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: no such file or directory")
@@ -28,12 +29,14 @@ def detect_format(path: str | Path) -> str:
         return "lora-adapter" if is_lora_adapter(p) else "sparse-adapter"
     if is_orbax_model_dir(p):
         return "orbax"
+    if is_deepspeed_dir(p):
+        return "deepspeed"
     if is_hf_dir(p):
         return "hf"
     if p.is_dir() and not (p / "config.json").is_file():
         raise UserError(f"{p}: no config.json (not a Hugging Face or Orbax model directory)")
     raise UserError(
-        f"{p}: not a recognised checkpoint (expected a Hugging Face or Orbax directory)"
+        f"{p}: not a recognised checkpoint (expected a Hugging Face, Orbax or DeepSpeed directory)"
     )
 
 

@@ -1,16 +1,27 @@
-"""`jax-sft convert SRC DST --to {hf,orbax}`: checkpoint conversion, source detected."""
+"""`jax-sft convert SRC DST --to {hf,orbax}`: checkpoint conversion, source detected.
+
+A DeepSpeed source streams: one tensor is read, converted and written at a time.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from interop.arguments import add_json
+from interop.checkpoints.deepspeed_files import config_dir
 from interop.checkpoints.formats import detect_format
 from interop.errors import UserError
 from interop.outputs import output_dir
 from interop.report import emit
-from jax_sft.checkpoints.loading import FORMATS, merged_adapter, read_checkpoint, write_checkpoint
+from jax_sft.checkpoints.loading import (
+    FORMATS,
+    iter_checkpoint,
+    merged_adapter,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", help="destination directory (must not exist unless --overwrite)")
     p.add_argument("--to", required=True, choices=FORMATS, help="destination format")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    p.add_argument("--base", help="for an adapter SRC (sparse or LoRA): the base to merge into")
+    p.add_argument(
+        "--base",
+        help="for an adapter SRC (sparse or LoRA): the base to merge into; for a DeepSpeed "
+        "SRC: the HF model it was trained from (its config, tokenizer, frozen weights)",
+    )
+    p.add_argument("--tag", help="for a DeepSpeed SRC: the checkpoint tag (default: latest)")
     p.add_argument("--max-shard-size", default="5GB", help="HF shard size (e.g. 5GB, 500MB)")
     add_json(p)
     p.set_defaults(run=run)
@@ -35,6 +51,13 @@ def run(args: argparse.Namespace) -> int:
         if is_adapter:
             tokenizer_src = Path(args.base)
             config, flat = merged_adapter(src, tokenizer_src)
+        elif fmt == "deepspeed":
+            notes: list[str] = []
+            fmt, config, pairs = iter_checkpoint(src, args.base, notes, tag=args.tag)
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+            flat = _Counted(pairs) if args.to == "hf" else dict(pairs)
+            tokenizer_src = Path(args.base) if args.base else config_dir(src)
         else:
             fmt, config, flat = read_checkpoint(src)
             tokenizer_src = src
@@ -46,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             tokenizer_src=tokenizer_src,
             max_shard_size=args.max_shard_size,
         )
-    nbytes = sum(a.nbytes for a in flat.values())
+    nbytes = flat.nbytes if isinstance(flat, _Counted) else sum(a.nbytes for a in flat.values())
     summary = {
         "src": str(src),
         "src_format": fmt,
@@ -58,3 +81,20 @@ def run(args: argparse.Namespace) -> int:
     line = f"converted {src} ({fmt}) -> {dst} ({args.to}): {len(flat)} tensors, {nbytes:,} bytes"
     emit([line], summary, args.json)
     return 0
+
+
+class _Counted:
+    """(path, array) pairs passed through once, as a mapping's `items()`, counting what
+    went by: a DeepSpeed source is never held whole."""
+
+    def __init__(self, pairs):
+        self.pairs, self.count, self.nbytes = pairs, 0, 0
+
+    def items(self):
+        for path, array in self.pairs:
+            self.count += 1
+            self.nbytes += array.nbytes
+            yield path, array
+
+    def __len__(self) -> int:
+        return self.count
