@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test lint bench bench-sparse venv-core venv-dev clean
+.PHONY: demo test lint bench bench-sparse bench-deepspeed venv-core venv-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,12 +30,16 @@ test: venv-dev
 	$(BIN)/python -m pytest -q -n 2
 
 # Benchmarks (figures, never pass/fail): throughput and memory; the sparse quality study,
-# which rewrites docs/sparse-study.{md,png,json}.
+# which rewrites docs/sparse-study.{md,png,json}; peak memory of converting a DeepSpeed
+# checkpoint, ours beside DeepSpeed's zero_to_fp32.py (writes a 2 GB checkpoint under out/).
 bench: venv-core
 	$(BIN)/jax-sft bench configs/demo.yaml
 
 bench-sparse: venv-core
 	$(BIN)/jax-sft bench --sparse configs/demo.yaml
+
+bench-deepspeed: venv-dev
+	$(BIN)/python scripts/deepspeed_convert_memory.py
 
 lint: venv-dev
 	$(BIN)/ruff check .

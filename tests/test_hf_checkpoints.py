@@ -13,10 +13,9 @@ from interop.checkpoints.hf import (
     HF_TOKENIZER_FILES,
     HFCheckpointReader,
     is_hf_dir,
-    parse_size,
     read_hf_config,
-    write_hf_checkpoint,
 )
+from interop.checkpoints.hf_write import parse_size, write_hf_checkpoint
 from interop.errors import UserError
 from interop.outputs import output_dir
 

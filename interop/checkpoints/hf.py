@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +45,7 @@ TORCH_BIN, TORCH_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN, TORCH_BIN_INDEX)
 
 # The safetensors dtypes that `safe_open(..., framework="numpy")` can return.
-_ST_DTYPES = {
+ST_DTYPES = {
     "F64": np.dtype(np.float64),
     "F32": np.dtype(np.float32),
     "F16": np.dtype(np.float16),
@@ -61,18 +59,6 @@ _ST_DTYPES = {
     "I8": np.dtype(np.int8),
     "U8": np.dtype(np.uint8),
     "BOOL": np.dtype(np.bool_),
-}
-_UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-    "TIB": 2**40,
 }
 
 
@@ -117,16 +103,6 @@ def read_hf_config(path: str | Path) -> dict:
     config = read_json_object(p / "config.json")
     check_hf_config(config, str(p / "config.json"))
     return config
-
-
-def parse_size(size: int | str) -> int:
-    """Bytes in '5GB', '500MB', '10KB' (decimal, as transformers), '2GiB' or an int."""
-    if isinstance(size, int):
-        return size
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", size.upper())
-    if not m or m.group(2) not in _UNITS:
-        raise UserError(f"--max-shard-size: cannot read size '{size}' (e.g. 5GB, 500MB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
 def _torch_to_numpy(tensor: Any) -> np.ndarray:
@@ -202,7 +178,7 @@ class HFCheckpointReader:
         names = list(handle.keys())
         for name in names:
             view = handle.get_slice(name)
-            dtype = _ST_DTYPES.get(view.get_dtype())
+            dtype = ST_DTYPES.get(view.get_dtype())
             if dtype is None:
                 raise UserError(f"{file}: tensor {name} has dtype {view.get_dtype()}, unsupported")
             self._meta[name] = (tuple(view.get_shape()), dtype)
@@ -291,64 +267,3 @@ def _load_torch_file(file: Path) -> dict:
     ):
         raise UserError(f"{file}: not a state dict of named tensors")
     return state
-
-
-def write_hf_checkpoint(
-    dst: Path,
-    tensors: Iterable[tuple[str, np.ndarray]],
-    config: dict,
-    *,
-    max_shard_size: int | str = "5GB",
-    tokenizer_src: str | Path | None = None,
-) -> None:
-    """Write config, safetensors shards (+ index) and tokenizer files into existing `dst`.
-
-    `tensors` is consumed lazily; at most one shard's arrays are held at a time.
-    """
-    limit = parse_size(max_shard_size)
-    dst = Path(dst)
-    (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    shards: list[list[str]] = []
-    pending: dict[str, np.ndarray] = {}
-    seen: set[str] = set()
-    pending_bytes = total_bytes = total_params = 0
-
-    def flush() -> None:
-        write_tensors(pending, dst / f".shard-{len(shards)}.tmp")
-        shards.append(list(pending))
-        pending.clear()
-
-    for name, array in tensors:
-        if name in seen:
-            raise ValueError(f"tensor {name} given twice")
-        seen.add(name)
-        array = np.asarray(array, order="C")
-        if pending and pending_bytes + array.nbytes > limit:
-            flush()
-            pending_bytes = 0
-        pending[name] = array
-        pending_bytes += array.nbytes
-        total_bytes += array.nbytes
-        total_params += array.size
-    if pending or not shards:
-        flush()
-
-    if len(shards) == 1:
-        (dst / ".shard-0.tmp").rename(dst / SAFETENSORS)
-    else:
-        weight_map = {}
-        for i, names in enumerate(shards):
-            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            (dst / f".shard-{i}.tmp").rename(dst / fname)
-            weight_map.update(dict.fromkeys(names, fname))
-        index = {
-            "metadata": {"total_parameters": total_params, "total_size": total_bytes},
-            "weight_map": dict(sorted(weight_map.items())),
-        }
-        (dst / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
-
-    if tokenizer_src is not None:
-        src = Path(tokenizer_src)
-        for fname in HF_TOKENIZER_FILES:
-            if (src / fname).is_file():
-                shutil.copy2(src / fname, dst / fname)

@@ -12,19 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from interop.checkpoints.deepspeed import DeepSpeedCheckpoint
-from interop.checkpoints.deepspeed_files import config_dir, consolidated_weights
 from interop.checkpoints.formats import detect_format
 from interop.checkpoints.hf import (
     HFCheckpointReader,
-    is_hf_dir,
     read_hf_config,
-    write_hf_checkpoint,
 )
+from interop.checkpoints.hf_write import write_hf_checkpoint
 from interop.errors import UserError
 from interop.lora_format import merge_lora
 from interop.lora_format import read_adapter as read_lora
 from interop.sparse_format import checked_adapter, merge_into
+from jax_sft.checkpoints.deepspeed_convert import deepspeed_to_ours, open_deepspeed
 from jax_sft.checkpoints.orbax_io import restore_orbax_model, save_orbax_model
 from jax_sft.checkpoints.placed import TensorSource
 from jax_sft.models import registry
@@ -50,21 +48,16 @@ def _checked(
         raise UserError(f"{source}: missing parameter {missing[0]}")
 
 
-def iter_checkpoint(
-    path: str | Path,
-    base: str | Path | None = None,
-    notes: list[str] | None = None,
-    tag: str | None = None,
-) -> tuple[str, dict, Iterator[tuple[str, np.ndarray]]]:
+def iter_checkpoint(path: str | Path) -> tuple[str, dict, Iterator[tuple[str, np.ndarray]]]:
     """(format, HF config, checked (our path, array) pairs in the stored dtype). A
-    DeepSpeed checkpoint takes its config (and 16-bit runs' frozen weights) from `base`
-    or a directory near it, and says in `notes` which weights it used."""
+    DeepSpeed checkpoint's config is the one found near it (`deepspeed_convert`)."""
     p = Path(path)
     fmt = detect_format(p)
     if fmt.endswith("adapter"):
         raise UserError(f"{p}: an adapter, not a model; merge it with convert --base BASE")
     if fmt == "deepspeed":
-        return fmt, *_deepspeed(p, base, notes if notes is not None else [], tag)
+        opened = open_deepspeed(p, None, None)
+        return fmt, opened.config, deepspeed_to_ours(opened)
     config = read_hf_config(p)
     registry.family_of(config, f"{p / 'config.json'}")
     expected = registry.expected_shapes(config)
@@ -83,24 +76,6 @@ def read_checkpoint(path: str | Path) -> tuple[str, dict, dict[str, np.ndarray]]
     """(format, HF config, flat state {our path: numpy array} in the stored dtype)."""
     fmt, config, pairs = iter_checkpoint(path)
     return fmt, config, dict(pairs)
-
-
-def _deepspeed(
-    path: Path, base: str | Path | None, notes: list[str], tag: str | None
-) -> tuple[dict, Iterator[tuple[str, np.ndarray]]]:
-    where = config_dir(path, base)
-    config = read_hf_config(where)
-    registry.family_of(config, f"{where / 'config.json'}")
-    expected = registry.expected_shapes(config)
-    frozen_source = HFCheckpointReader(Path(base)) if base and is_hf_dir(base) else None
-    ckpt = DeepSpeedCheckpoint(path, tag, base=frozen_source)
-    notes += [f"{ckpt.dir}: {note}" for note in ckpt.notes]
-    notes += [
-        f"{f} (16-bit) not used: the fp32 masters are" for f in consolidated_weights(ckpt.dir)
-    ]
-    if base is None:
-        notes.append(f"model config from {where / 'config.json'}")
-    return config, hf_to_ours(registry.name_table(config), iter(ckpt), expected, str(ckpt.dir))
 
 
 def write_checkpoint(

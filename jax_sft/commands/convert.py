@@ -10,14 +10,13 @@ import sys
 from pathlib import Path
 
 from interop.arguments import add_json
-from interop.checkpoints.deepspeed_files import config_dir
 from interop.checkpoints.formats import detect_format
 from interop.errors import UserError
 from interop.outputs import output_dir
 from interop.report import emit
+from jax_sft.checkpoints.deepspeed_convert import deepspeed_to_hf, deepspeed_to_ours, open_deepspeed
 from jax_sft.checkpoints.loading import (
     FORMATS,
-    iter_checkpoint,
     merged_adapter,
     read_checkpoint,
     write_checkpoint,
@@ -48,53 +47,45 @@ def run(args: argparse.Namespace) -> int:
     if is_adapter and not args.base:
         raise UserError(f"--base: {src} is an adapter; name the base model to merge it into")
     with output_dir(dst, args.overwrite) as tmp:
-        if is_adapter:
-            tokenizer_src = Path(args.base)
-            config, flat = merged_adapter(src, tokenizer_src)
-        elif fmt == "deepspeed":
-            notes: list[str] = []
-            fmt, config, pairs = iter_checkpoint(src, args.base, notes, tag=args.tag)
-            for note in notes:
-                print(f"note: {note}", file=sys.stderr)
-            flat = _Counted(pairs) if args.to == "hf" else dict(pairs)
-            tokenizer_src = Path(args.base) if args.base else config_dir(src)
+        if fmt == "deepspeed":
+            tensors, nbytes = _from_deepspeed(src, tmp, args)
         else:
-            fmt, config, flat = read_checkpoint(src)
-            tokenizer_src = src
-        write_checkpoint(
-            tmp,
-            args.to,
-            config,
-            flat,
-            tokenizer_src=tokenizer_src,
-            max_shard_size=args.max_shard_size,
-        )
-    nbytes = flat.nbytes if isinstance(flat, _Counted) else sum(a.nbytes for a in flat.values())
+            if is_adapter:
+                tokenizer_src = Path(args.base)
+                config, flat = merged_adapter(src, tokenizer_src)
+            else:
+                fmt, config, flat = read_checkpoint(src)
+                tokenizer_src = src
+            write_checkpoint(
+                tmp,
+                args.to,
+                config,
+                flat,
+                tokenizer_src=tokenizer_src,
+                max_shard_size=args.max_shard_size,
+            )
+            tensors, nbytes = len(flat), sum(a.nbytes for a in flat.values())
     summary = {
         "src": str(src),
         "src_format": fmt,
         "dst": str(dst),
         "dst_format": args.to,
-        "tensors": len(flat),
+        "tensors": tensors,
         "bytes": nbytes,
     }
-    line = f"converted {src} ({fmt}) -> {dst} ({args.to}): {len(flat)} tensors, {nbytes:,} bytes"
+    line = f"converted {src} ({fmt}) -> {dst} ({args.to}): {tensors} tensors, {nbytes:,} bytes"
     emit([line], summary, args.json)
     return 0
 
 
-class _Counted:
-    """(path, array) pairs passed through once, as a mapping's `items()`, counting what
-    went by: a DeepSpeed source is never held whole."""
-
-    def __init__(self, pairs):
-        self.pairs, self.count, self.nbytes = pairs, 0, 0
-
-    def items(self):
-        for path, array in self.pairs:
-            self.count += 1
-            self.nbytes += array.nbytes
-            yield path, array
-
-    def __len__(self) -> int:
-        return self.count
+def _from_deepspeed(src: Path, tmp: Path, args: argparse.Namespace) -> tuple[int, int]:
+    """Convert a DeepSpeed checkpoint into `tmp`, saying which weights it used; (tensors,
+    bytes). To HF it streams; Orbax saves one tree, so that path holds the model."""
+    opened = open_deepspeed(src, args.base, args.tag)
+    for note in opened.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.to == "hf":
+        return len(opened.layout), deepspeed_to_hf(opened, tmp, args.max_shard_size)
+    flat = dict(deepspeed_to_ours(opened))
+    write_checkpoint(tmp, args.to, opened.config, flat, tokenizer_src=opened.config_dir)
+    return len(flat), sum(a.nbytes for a in flat.values())
