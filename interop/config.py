@@ -277,7 +277,10 @@ class ParallelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """Loop length, batch sizes, and how often to log, evaluate and save."""
+    """Loop length, batch sizes, and how often to log, evaluate and save. `resume_from`
+    names another run's checkpoint to start from when the output directory holds none of
+    its own: a DeepSpeed checkpoint directory (weights, Adam moments, step; dense runs),
+    as `torch-ref train`, DeepSpeed or `jax-sft convert --to deepspeed` wrote it."""
 
     output_dir: str = "out/run"
     max_steps: PositiveInt | None = None
@@ -290,6 +293,7 @@ class TrainConfig(_Section):
     eval_every: PositiveInt | None = None
     save_every: PositiveInt | None = None
     keep_checkpoints: PositiveInt = 3
+    resume_from: str | None = None
 
 
 class LoggingConfig(_Section):

@@ -61,6 +61,9 @@ class Trainer(Protocol):
 
     def restore_latest(self) -> int | None: ...  # the step restored, None without one
 
+    # where restore_latest found it: OUT/checkpoints, or another run's (`train.resume_from`)
+    resumed_from: Path | None
+
     def drop_checkpoints_from(self, step: int) -> int | None: ...  # the newest left
 
     def close(self) -> None: ...
@@ -129,10 +132,11 @@ class _Loop:
     def train(self, stop: threading.Event) -> tuple[dict, dict]:
         """Resume or start, then step to the end; the first and the last evaluation."""
         t, tc = self.t, self.t.cfg.train
-        resumed = self.checkpoint = t.restore_latest()
+        resumed = t.restore_latest()
+        own = resumed is not None and t.resumed_from == t.out / "checkpoints"
+        self.checkpoint = resumed if own else None
         if resumed is not None and t.is_main:
-            where = t.out / "checkpoints"
-            print(f"note: resuming from step {resumed} ({where})", file=sys.stderr)
+            print(f"note: resuming from step {resumed} ({t.resumed_from})", file=sys.stderr)
         self.log.truncate_after(resumed if resumed is not None else -1)
         first_eval = self.report_eval() if resumed is None else {}
         last_eval, pending = first_eval, []

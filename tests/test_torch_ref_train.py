@@ -125,7 +125,8 @@ def test_two_micro_batches_of_two_update_like_one_of_four(tiny_base, tmp_path):
 
 
 def test_a_run_resumes_from_its_deepspeed_checkpoint(tiny_base, tmp_path):
-    settings = dict(schedule=CONSTANT, parallel={"zero_stage": 2})
+    # warm-up then cosine: the resumed run must take the schedule up where it stopped
+    settings = dict(schedule={"type": "cosine", "warmup_steps": 1}, parallel={"zero_stage": 2})
     t = {"max_steps": 4, "save_every": 2, "micro_batch_size": 2, "gradient_accumulation_steps": 2}
     whole = tmp_path / "whole"
     assert train(tmp_path, "whole", run_config(tiny_base, whole, train=t, **settings)) == 0

@@ -3,6 +3,8 @@
 `torch-ref train CONFIG.yaml [--set a.b=v ...] [--deepspeed_config ds.json] [--overwrite]
 [--resume] [--json]` is the PyTorch/DeepSpeed reference trainer; for several processes,
 `torchrun --nproc_per_node P -m torch_ref.cli train ...` (or the `deepspeed` launcher).
+`torch-ref write-deepspeed` writes a DeepSpeed checkpoint for `jax-sft convert --to
+deepspeed`, which launches it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ def _train(args: argparse.Namespace) -> int:
     return train(args)
 
 
+def _write_deepspeed(args: argparse.Namespace) -> int:
+    default_to_cpu()
+    from torch_ref.train.write_deepspeed import write_deepspeed
+
+    return write_deepspeed(args)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is a one-line message and exit status 2."""
 
@@ -69,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_json(p)
     p.set_defaults(run=_train)
+
+    p = sub.add_parser(
+        "write-deepspeed", help="DeepSpeed's checkpoint of another framework's run (internal)"
+    )
+    p.add_argument("transfer", help="HF directory with exp_avg/exp_avg_sq.safetensors, steps.json")
+    p.add_argument("dst", help="the DeepSpeed checkpoint directory to write")
+    p.add_argument("config", help="the run's YAML config")
+    p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=2)
+    add_overrides(p)
+    p.set_defaults(run=_write_deepspeed)
     return parser
 
 

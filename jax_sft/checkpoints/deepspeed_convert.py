@@ -38,16 +38,24 @@ def open_deepspeed(path: Path, base: str | Path | None, tag: str | None) -> Open
     config = read_hf_config(where)
     registry.family_of(config, f"{where / 'config.json'}")
     frozen = HFCheckpointReader(Path(base)) if base and is_hf_dir(base) else None
+    opened = open_deepspeed_as(config, path, tag, frozen)
+    opened.config_dir = where
+    if base is None:
+        opened.notes.append(f"model config from {where / 'config.json'}")
+    return opened
+
+
+def open_deepspeed_as(
+    config: dict, path: Path, tag: str | None = None, frozen: object | None = None
+) -> OpenedDeepSpeed:
+    """A DeepSpeed checkpoint of the model `config` describes, names and shapes checked."""
     ckpt = DeepSpeedCheckpoint(path, tag, base=frozen)
     table, expected = registry.name_table(config), registry.expected_shapes(config)
     layout = hf_layout(table, ckpt.shapes, expected, str(ckpt.dir))
     notes = [f"{ckpt.dir}: {note}" for note in ckpt.notes]
-    notes += [
-        f"{f} (16-bit) not used: the fp32 masters are" for f in consolidated_weights(ckpt.dir)
-    ]
-    if base is None:
-        notes.append(f"model config from {where / 'config.json'}")
-    return OpenedDeepSpeed(config, where, ckpt, layout, notes)
+    for found in consolidated_weights(ckpt.dir):
+        notes.append(f"{found} (16-bit) not used: the fp32 masters are")
+    return OpenedDeepSpeed(config, Path(path), ckpt, layout, notes)
 
 
 def deepspeed_to_ours(opened: OpenedDeepSpeed) -> Iterator[tuple[str, np.ndarray]]:

@@ -1,4 +1,4 @@
-"""`jax-sft convert SRC DST --to {hf,orbax}`: checkpoint conversion, source detected.
+"""`jax-sft convert SRC DST --to {hf,orbax,deepspeed}`: checkpoint conversion, source detected.
 
 A DeepSpeed source streams: one tensor is read, converted and written at a time.
 """
@@ -6,15 +6,21 @@ A DeepSpeed source streams: one tensor is read, converted and written at a time.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
-from interop.arguments import add_json
+from interop.arguments import add_json, add_overrides
 from interop.checkpoints.formats import detect_format
 from interop.errors import UserError
 from interop.outputs import output_dir
 from interop.report import emit
 from jax_sft.checkpoints.deepspeed_convert import deepspeed_to_hf, deepspeed_to_ours, open_deepspeed
+from jax_sft.checkpoints.deepspeed_export import (
+    is_training_checkpoint,
+    run_torch_writer,
+    write_transfer,
+)
 from jax_sft.checkpoints.loading import (
     FORMATS,
     merged_adapter,
@@ -27,7 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert a checkpoint between formats")
     p.add_argument("src", help="source checkpoint directory (format detected)")
     p.add_argument("dst", help="destination directory (must not exist unless --overwrite)")
-    p.add_argument("--to", required=True, choices=FORMATS, help="destination format")
+    p.add_argument(
+        "--to", required=True, choices=(*FORMATS, "deepspeed"), help="destination format"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.add_argument(
         "--base",
@@ -36,12 +44,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tag", help="for a DeepSpeed SRC: the checkpoint tag (default: latest)")
     p.add_argument("--max-shard-size", default="5GB", help="HF shard size (e.g. 5GB, 500MB)")
+    p.add_argument(
+        "--config",
+        help="--to deepspeed: the YAML config of the run SRC (a jax-sft training checkpoint, "
+        "OUT/checkpoints/N) belongs to",
+    )
+    p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=2)
+    p.add_argument("--world-size", type=int, default=1, help="--to deepspeed: data-parallel ranks")
+    add_overrides(p)
     add_json(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.src), Path(args.dst)
+    if args.to == "deepspeed":
+        return _to_deepspeed(src, dst, args)
     fmt = detect_format(src)
     is_adapter = fmt.endswith("adapter")
     if is_adapter and not args.base:
@@ -89,3 +107,35 @@ def _from_deepspeed(src: Path, tmp: Path, args: argparse.Namespace) -> tuple[int
     flat = dict(deepspeed_to_ours(opened))
     write_checkpoint(tmp, args.to, opened.config, flat, tokenizer_src=opened.config_dir)
     return len(flat), sum(a.nbytes for a in flat.values())
+
+
+def _to_deepspeed(src: Path, dst: Path, args: argparse.Namespace) -> int:
+    """A jax-sft training checkpoint as DeepSpeed's, written by DeepSpeed itself."""
+    if not is_training_checkpoint(src):
+        raise UserError(
+            f"{src}: --to deepspeed takes a jax-sft training checkpoint (OUT/checkpoints/N)"
+        )
+    if not args.config:
+        raise UserError("--config: name the YAML config of the run the checkpoint belongs to")
+    if args.world_size < 1:
+        raise UserError(f"--world-size: {args.world_size} is not a number of ranks")
+    with output_dir(dst, args.overwrite) as tmp:
+        transfer = tmp / ".transfer"
+        transfer.mkdir()
+        write_transfer(src, args.base, transfer)
+        config = Path(args.config)
+        run_torch_writer(transfer, tmp, config, args.overrides, args.world_size, args.zero_stage)
+        shutil.rmtree(transfer)
+    line = (
+        f"converted {src} (jax-sft checkpoint) -> {dst} (deepspeed, ZeRO-{args.zero_stage}, "
+        f"{args.world_size} rank(s))"
+    )
+    summary = {
+        "src": str(src),
+        "dst": str(dst),
+        "dst_format": "deepspeed",
+        "zero_stage": args.zero_stage,
+        "world_size": args.world_size,
+    }
+    emit([line], summary, args.json)
+    return 0

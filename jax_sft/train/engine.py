@@ -25,6 +25,7 @@ from jax_sft.models import registry
 from jax_sft.sharding.distributed import barrier, is_main, to_host
 from jax_sft.sharding.placement import place_batch
 from jax_sft.train.checkpointing import Checkpoints
+from jax_sft.train.deepspeed_start import start_from_deepspeed
 from jax_sft.train.setup import Setup, setup
 
 MEMORY_FIELDS = (
@@ -51,6 +52,7 @@ class Engine(Setup):
         self._step_fn = make_train_step(self.graphdef, self.optimizer, self.placement, self.mode)
         self._eval_step = make_eval_step(self.graphdef, self.placement, self.mode)
         self.global_steps = 0  # optimizer steps done
+        self.resumed_from: Path | None = None
         self.is_main = is_main()
         self._checkpoints: dict[Path, Checkpoints] = {}
 
@@ -135,9 +137,15 @@ class Engine(Setup):
         return self._manager(None).drop_from(step)
 
     def restore_latest(self) -> int | None:
-        """Resume from the run's own latest checkpoint; its step (None: there is none)."""
+        """Resume from the run's own latest checkpoint, else from `train.resume_from`; the
+        step reached (None: neither)."""
         path, _ = self.load_checkpoint()
-        return None if path is None else self.global_steps
+        if path is not None:
+            self.resumed_from = self.out / "checkpoints"
+        elif self.cfg.train.resume_from:
+            self.resumed_from = Path(self.cfg.train.resume_from)
+            start_from_deepspeed(self, self.resumed_from)
+        return None if self.resumed_from is None else self.global_steps
 
     def fit(self, printer=None) -> dict:
         """Train to the end (resuming from the latest checkpoint if there is one)."""

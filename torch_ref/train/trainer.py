@@ -29,6 +29,7 @@ from pathlib import Path
 import deepspeed
 import torch
 
+from interop.checkpoints.deepspeed_files import rank_files, tag_dir
 from interop.config import RunConfig
 from interop.data.batches import Batches
 from interop.data.run_data import run_data
@@ -64,9 +65,11 @@ class Trainer:
         if not optimizer.param_groups:
             raise UserError("the run has no trainable parameters")
         scheduler = make_scheduler(optimizer, cfg, self.total_steps)
-        # This run's hyper-parameters per group, which a resumed checkpoint must not undo.
+        # This run's hyper-parameters per group, which a resumed checkpoint must not undo;
+        # "lr" is the peak rate (the scheduler has already scaled the group's own "lr").
         self._groups = [
-            {k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups
+            {k: v for k, v in group.items() if k != "params"} | {"lr": group["initial_lr"]}
+            for group in optimizer.param_groups
         ]
         self.engine, _, _, _ = deepspeed.initialize(
             model=built.model,
@@ -76,6 +79,7 @@ class Trainer:
         )
         self.own_norm = self.engine.optimizer is optimizer  # ZeRO-0 fp32: unwrapped
         self.global_steps = 0
+        self.resumed_from: Path | None = None
 
     def lr(self, step: int) -> float:
         c = self.cfg
@@ -191,13 +195,19 @@ class Trainer:
         return tags[-1][0] if tags else None
 
     def restore_latest(self) -> int | None:
-        """Restore the latest checkpoint of the output directory; its step (None: none)."""
-        if not (self.checkpoint_dir / "latest").is_file():
+        """Restore the latest checkpoint of the output directory, else the DeepSpeed
+        checkpoint `train.resume_from` names; the step reached (None: neither)."""
+        if (self.checkpoint_dir / "latest").is_file():
+            load_dir, tag = self.checkpoint_dir, None
+        elif self.cfg.train.resume_from:
+            load_dir, tag = foreign_checkpoint(Path(self.cfg.train.resume_from), self.dp)
+        else:
             return None
-        path, client = self.engine.load_checkpoint(str(self.checkpoint_dir))
+        path, client = self.engine.load_checkpoint(str(load_dir), tag=tag)
         if path is None:
-            raise UserError(f"{self.checkpoint_dir}: cannot load the latest DeepSpeed checkpoint")
-        self.global_steps = int(client["step"])
+            raise UserError(f"{load_dir}: cannot load the DeepSpeed checkpoint")
+        self.global_steps = int(client.get("step", self.engine.global_steps))
+        self.resumed_from = load_dir if tag is None else load_dir / tag
         self._reapply_hyperparameters()
         return self.global_steps
 
@@ -220,3 +230,16 @@ class Trainer:
 
     def close(self) -> None:
         """Nothing pending: DeepSpeed writes checkpoints synchronously."""
+
+
+def foreign_checkpoint(path: Path, dp: int) -> tuple[Path, str]:
+    """(load_dir, tag) for DeepSpeed's loader from `train.resume_from`, checked first: a
+    ZeRO checkpoint resumes only at the world size that wrote it."""
+    directory = tag_dir(path)
+    ranks = len(rank_files(directory).optim)
+    if ranks and ranks != dp:
+        raise UserError(
+            f"train.resume_from: {directory} was written by {ranks} data-parallel ranks; "
+            f"this run has {dp} (DeepSpeed resumes a ZeRO checkpoint at its world size)"
+        )
+    return directory.parent, directory.name

@@ -1,0 +1,87 @@
+"""A jax-sft training checkpoint as a DeepSpeed checkpoint (`convert --to deepspeed`).
+
+DeepSpeed's on-disk layout depends on its engine (partition padding and alignment, the
+optimizer's parameter groups, ZeRO-3's per-parameter slices), so DeepSpeed writes it: we
+hand the torch side (`torch-ref write-deepspeed`, launched with one process per
+data-parallel rank) the run's parameters as an HF directory, its Adam moments under the
+same HF names and its step counts; it builds the run's engine for the chosen ZeRO stage
+and world size, sets those, and calls `engine.save_checkpoint`. What it writes is what
+`torch-ref train` writes and resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from interop.checkpoints.deepspeed_files import config_dir
+from interop.checkpoints.hf import read_hf_config, write_tensors
+from interop.checkpoints.hf_write import write_hf_checkpoint
+from interop.errors import BackendError, UserError
+from interop.processes import free_port
+from jax_sft.checkpoints.orbax_io import flatten
+from jax_sft.models import registry
+from jax_sft.models.hf_names import ours_to_hf
+
+MOMENTS = ("exp_avg", "exp_avg_sq")
+STEPS = "steps.json"
+
+
+def is_training_checkpoint(path: Path) -> bool:
+    """A step (or tag) directory of a jax-sft run's `checkpoints/`."""
+    return (path / "state").is_dir() and (path / "record").is_dir()
+
+
+def write_transfer(src: Path, base: str | Path | None, dst: Path) -> dict:
+    """The training checkpoint `src` as what the torch side reads, in `dst` (existing):
+    an HF directory of the fp32 parameters, `exp_avg`/`exp_avg_sq.safetensors`, and
+    `steps.json`; its HF config."""
+    where = config_dir(src, base)
+    config = read_hf_config(where)
+    registry.family_of(config, f"{where / 'config.json'}")
+    with ocp.PyTreeCheckpointer() as ckpt:
+        tree = ckpt.restore((src / "state").absolute())
+    adam = [p for p in tree["opt_state"] if isinstance(p, dict) and "mu" in p]
+    if not adam or set(flatten(adam[0]["mu"])) != set(flatten(tree["params"])):
+        raise UserError(
+            f"{src}: not a dense run's checkpoint (only dense runs have Adam moments for "
+            "every parameter, which a DeepSpeed checkpoint holds)"
+        )
+    table = registry.name_table(config)
+    params = {p: np.asarray(a, np.float32) for p, a in flatten(tree["params"]).items()}
+    expected = registry.expected_shapes(config)
+    wrong = [p for p, a in params.items() if expected.get(p) != a.shape]
+    if wrong:
+        raise UserError(f"{where / 'config.json'}: does not describe {src} ({wrong[0]})")
+    write_hf_checkpoint(dst, ours_to_hf(table, params), config, tokenizer_src=where)
+    for key, name in zip(("mu", "nu"), MOMENTS, strict=True):
+        moments = {p: np.asarray(a, np.float32) for p, a in flatten(adam[0][key]).items()}
+        write_tensors(dict(ours_to_hf(table, moments)), dst / f"{name}.safetensors")
+    steps = {"step": int(tree["step"]), "adam_count": int(adam[0]["count"])}
+    (dst / STEPS).write_text(json.dumps(steps) + "\n")
+    return config
+
+
+def run_torch_writer(
+    transfer: Path, dst: Path, config: Path, overrides: list[str], world_size: int, stage: int
+) -> None:
+    """`torch-ref write-deepspeed` with `world_size` processes; a BackendError with its
+    last lines when it fails."""
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world_size)]
+    argv += ["--master_port", str(free_port()), "-m", "torch_ref.cli", "write-deepspeed"]
+    argv += [str(transfer), str(dst), str(config), "--zero-stage", str(stage)]
+    for override in overrides:
+        argv += ["--set", override]
+    done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ})
+    if done.returncode == 2:  # a user error, said in one line
+        line = done.stderr.strip().splitlines()[-1]
+        raise UserError(line.removeprefix("torch-ref: error: "))
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise BackendError(f"the torch side failed (exit {done.returncode}):\n{tail}")
