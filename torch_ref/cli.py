@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("transfer", help="HF directory with exp_avg/exp_avg_sq.safetensors, steps.json")
     p.add_argument("dst", help="the DeepSpeed checkpoint directory to write")
     p.add_argument("config", help="the run's YAML config")
-    p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=2)
+    p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), required=True)
     add_overrides(p)
     p.set_defaults(run=_write_deepspeed)
     return parser

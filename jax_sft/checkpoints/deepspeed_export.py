@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from jax_sft.checkpoints.orbax_io import flatten
 from jax_sft.models import registry
 from jax_sft.models.hf_names import ours_to_hf
 
+_ELASTIC = re.compile(r"^E\d{4} ")  # torchrun's log of a failed rank
 MOMENTS = ("exp_avg", "exp_avg_sq")
 STEPS = "steps.json"
 
@@ -79,9 +81,13 @@ def run_torch_writer(
     for override in overrides:
         argv += ["--set", override]
     done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ})
-    if done.returncode == 2:  # a user error, said in one line
-        line = done.stderr.strip().splitlines()[-1]
-        raise UserError(line.removeprefix("torch-ref: error: "))
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise BackendError(f"the torch side failed (exit {done.returncode}):\n{tail}")
+    if done.returncode == 0:
+        return
+    # what the ranks said, before torchrun's own report of their failure
+    lines = done.stderr.strip().splitlines()
+    lines = lines[: next((i for i, x in enumerate(lines) if _ELASTIC.match(x)), len(lines))]
+    said = [x for x in lines if x.startswith("torch-ref: error: ")]
+    if said:  # a user error, said in one line
+        raise UserError(said[-1].removeprefix("torch-ref: error: "))
+    tail = "\n".join(lines[-15:])
+    raise BackendError(f"the torch side failed (exit {done.returncode}):\n{tail}")

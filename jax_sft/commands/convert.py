@@ -12,6 +12,7 @@ from pathlib import Path
 
 from interop.arguments import add_json, add_overrides
 from interop.checkpoints.formats import detect_format
+from interop.config import load_config
 from interop.errors import UserError
 from interop.outputs import output_dir
 from interop.report import emit
@@ -49,7 +50,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="--to deepspeed: the YAML config of the run SRC (a jax-sft training checkpoint, "
         "OUT/checkpoints/N) belongs to",
     )
-    p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=2)
+    p.add_argument(
+        "--zero-stage",
+        type=int,
+        choices=(0, 1, 2, 3),
+        help="--to deepspeed: the ZeRO stage (default: the config's parallel.zero_stage)",
+    )
     p.add_argument("--world-size", type=int, default=1, help="--to deepspeed: data-parallel ranks")
     add_overrides(p)
     add_json(p)
@@ -124,17 +130,20 @@ def _to_deepspeed(src: Path, dst: Path, args: argparse.Namespace) -> int:
         transfer.mkdir()
         write_transfer(src, args.base, transfer)
         config = Path(args.config)
-        run_torch_writer(transfer, tmp, config, args.overrides, args.world_size, args.zero_stage)
+        stage = args.zero_stage
+        if stage is None:
+            stage = load_config(config, args.overrides).parallel.zero_stage
+        run_torch_writer(transfer, tmp, config, args.overrides, args.world_size, stage)
         shutil.rmtree(transfer)
     line = (
-        f"converted {src} (jax-sft checkpoint) -> {dst} (deepspeed, ZeRO-{args.zero_stage}, "
+        f"converted {src} (jax-sft checkpoint) -> {dst} (deepspeed, ZeRO-{stage}, "
         f"{args.world_size} rank(s))"
     )
     summary = {
         "src": str(src),
         "dst": str(dst),
         "dst_format": "deepspeed",
-        "zero_stage": args.zero_stage,
+        "zero_stage": stage,
         "world_size": args.world_size,
     }
     emit([line], summary, args.json)

@@ -10,7 +10,9 @@ config to `OUT/run.yaml`, then runs `jax-sft train` (on P virtual devices) and
 `OUT/jax` and `OUT/torch`, and compares what they wrote (`interop.parity`), ending with
 each framework's own forward pass of its own final weights on the probe batch (logits):
 `OUT/parity.json`, `OUT/parity.png`. A torch side that cannot run is reported as such,
-with its stderr tail, never as a parity failure.
+with its stderr tail, never as a parity failure. With `train.resume_from` (a DeepSpeed
+checkpoint; a JAX run's goes through `jax-sft convert --to deepspeed` first) both sides
+start from that checkpoint and compare the steps after it.
 """
 
 from __future__ import annotations
@@ -88,13 +90,16 @@ def run_sides(config: Path, out: Path, procs: int) -> None:
     run_side("torch", [*launcher, *torch_args], dict(os.environ), out / "torch.log")
 
 
-def summarize(out: Path, steps: int, procs: int) -> dict:
-    """parity.json's object from what both sides wrote."""
-    losses = compare_losses(
-        step_losses(out / "jax" / "metrics.jsonl"), step_losses(out / "torch" / "metrics.jsonl")
-    )
-    if len(losses["steps"]) != steps:
-        raise BackendError(f"expected {steps} logged steps on each side, found {losses['steps']}")
+def summarize(out: Path, steps: int, procs: int, resumed: bool = False) -> dict:
+    """parity.json's object from what both sides wrote; `resumed`: both sides started
+    from a checkpoint (`train.resume_from`), so their steps start after its step."""
+    sides = [step_losses(out / side / "metrics.jsonl") for side in ("jax", "torch")]
+    losses = compare_losses(*sides)
+    first = min(losses["steps"], default=1) if resumed else 1
+    expected = list(range(first, steps + 1))
+    if any(sorted(side) != expected for side in sides):
+        found = [sorted(side) for side in sides]
+        raise BackendError(f"expected steps {first}-{steps} logged on each side, found {found}")
     params = compare_params(out / "jax" / "hf", out / "torch" / "hf")
     _, config, flat = read_checkpoint(out / "jax" / "hf")
     batch = probe_batch(config["vocab_size"])
@@ -127,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     config = out / "run.yaml"
     config.write_text(dump_config(cfg))
     run_sides(config, out, args.torch_procs)
-    summary = summarize(out, args.steps, args.torch_procs)
+    summary = summarize(out, args.steps, args.torch_procs, resumed=bool(cfg.train.resume_from))
     passed = (
         summary["max_rel_loss_diff"] <= args.rtol
         and summary["final_max_abs_param_diff"] <= args.param_atol
@@ -145,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
     plot(out / "parity.png", summary["steps"], summary["loss_jax"], summary["loss_torch"], title)
     verdict = "within" if passed else "OUTSIDE"
     lines = [
-        f"max relative loss difference {summary['max_rel_loss_diff']:.3e} over {args.steps} "
-        f"steps; final max |param diff| {summary['final_max_abs_param_diff']:.3e} "
+        f"max relative loss difference {summary['max_rel_loss_diff']:.3e} over "
+        f"{len(summary['steps'])} steps; final max |param diff| "
+        f"{summary['final_max_abs_param_diff']:.3e} "
         f"({summary['worst_tensor']}); final max |logit diff| "
         f"{summary['final_max_abs_logit_diff']:.3e}; {verdict} rtol {args.rtol:g}, param atol "
         f"{args.param_atol:g}",

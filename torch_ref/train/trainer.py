@@ -29,6 +29,7 @@ from pathlib import Path
 import deepspeed
 import torch
 
+from interop.checkpoints.deepspeed import DeepSpeedCheckpoint
 from interop.checkpoints.deepspeed_files import rank_files, tag_dir
 from interop.config import RunConfig
 from interop.data.batches import Batches
@@ -200,7 +201,9 @@ class Trainer:
         if (self.checkpoint_dir / "latest").is_file():
             load_dir, tag = self.checkpoint_dir, None
         elif self.cfg.train.resume_from:
-            load_dir, tag = foreign_checkpoint(Path(self.cfg.train.resume_from), self.dp)
+            load_dir, tag = foreign_checkpoint(
+                Path(self.cfg.train.resume_from), self.dp, self.cfg.parallel.zero_stage
+            )
         else:
             return None
         path, client = self.engine.load_checkpoint(str(load_dir), tag=tag)
@@ -232,14 +235,21 @@ class Trainer:
         """Nothing pending: DeepSpeed writes checkpoints synchronously."""
 
 
-def foreign_checkpoint(path: Path, dp: int) -> tuple[Path, str]:
+def foreign_checkpoint(path: Path, dp: int, stage: int) -> tuple[Path, str]:
     """(load_dir, tag) for DeepSpeed's loader from `train.resume_from`, checked first: a
-    ZeRO checkpoint resumes only at the world size that wrote it."""
+    checkpoint resumes only at the world size and ZeRO stage that wrote it (1 and 2 share
+    their layout)."""
     directory = tag_dir(path)
     ranks = len(rank_files(directory).optim)
     if ranks and ranks != dp:
         raise UserError(
             f"train.resume_from: {directory} was written by {ranks} data-parallel ranks; "
             f"this run has {dp} (DeepSpeed resumes a ZeRO checkpoint at its world size)"
+        )
+    written = DeepSpeedCheckpoint(directory).stage
+    if written != stage and {written, stage} != {1, 2}:
+        raise UserError(
+            f"train.resume_from: {directory} was written by a ZeRO-{written} run; this run is "
+            f"ZeRO-{stage} (parallel.zero_stage)"
         )
     return directory.parent, directory.name

@@ -77,12 +77,13 @@ def _create_adam_state(trainer: Trainer, count: float) -> None:
     and linked to the parameters' fragments where DeepSpeed partitions it."""
     optimizer = trainer.engine.optimizer
     base = optimizer if trainer.own_norm else optimizer.optimizer
-    for group in base.param_groups:
-        for flat in group["params"]:
-            state = base.state[flat]
-            state["step"] = torch.tensor(count)
-            for key in ("exp_avg", "exp_avg_sq"):
-                state.setdefault(key, torch.zeros_like(flat))
+    flats = [p for group in base.param_groups for p in group["params"]]
+    flats += getattr(optimizer, "fp32_partitioned_groups_flat", [])  # ZeRO-3's partitions
+    for flat in flats:
+        state = base.state[flat]
+        state["step"] = torch.tensor(count)
+        for key in ("exp_avg", "exp_avg_sq"):
+            state.setdefault(key, torch.zeros_like(flat))
     link = getattr(optimizer, "_lazy_init_hp_params_optimizer_state", None)
     if link is not None:  # ZeRO-1/2: parameters see their slices of the flat state
         link()
