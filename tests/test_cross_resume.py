@@ -106,6 +106,27 @@ def test_jax_to_deepspeed_to_torch_and_back(tiny_base, tmp_path):
     assert f"resuming from step 10 ({step_10})" in done.stderr
     _within_parity(losses(tmp_path / "jax-from-torch"), straight_torch)
 
+    # a parity run started by both sides from that checkpoint (two steps of it)
+    out = tmp_path / "parity"
+    done = command(
+        [
+            "-m",
+            "jax_sft.cli",
+            "parity",
+            torch_run,
+            "--steps",
+            "12",
+            "--json",
+            "--set",
+            f"train.output_dir={out}",
+            "--set",
+            f"train.resume_from={step_10}",
+        ]
+    )
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["passed"] and summary["steps"] == [11, 12]
+    assert summary["max_rel_loss_diff"] <= PARITY
+
 
 def _within_parity(continued: dict, straight: dict) -> None:
     assert sorted(continued) == list(range(11, 21))
