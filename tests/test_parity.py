@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from interop.config import RunConfig
+from interop.errors import BackendError
 from jax_sft import cli
+from jax_sft.commands.parity import compared_losses
 from jax_sft.train.base_model import ensure_base
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "parity-tiny.yaml")
@@ -117,3 +119,17 @@ def test_a_missing_torch_extra_is_reported_as_such(parity_bases, tmp_path, capsy
         "torch and deepspeed are not installed (pip install -e '.[torch]')"
         in capsys.readouterr().err
     )
+
+
+def test_a_resumed_parity_run_compares_the_steps_after_the_checkpoint(tmp_path):
+    for side, losses in (("jax", [2.0, 1.5]), ("torch", [2.0, 1.5000001])):
+        (tmp_path / side).mkdir()
+        rows = [json.dumps({"step": s, "loss": v}) for s, v in zip((11, 12), losses, strict=True)]
+        (tmp_path / side / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    found = compared_losses(tmp_path, 12, resumed=True)
+    assert found["steps"] == [11, 12] and 0 < found["max_rel_loss_diff"] < 1e-6
+    with pytest.raises(BackendError, match=r"expected steps 1-12 logged on each side"):
+        compared_losses(tmp_path, 12)  # a run that did not resume must start at step 1
+    (tmp_path / "torch" / "metrics.jsonl").write_text(json.dumps({"step": 12, "loss": 1.5}))
+    with pytest.raises(BackendError, match=r"found \[\[11, 12\], \[12\]\]"):
+        compared_losses(tmp_path, 12, resumed=True)

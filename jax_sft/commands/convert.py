@@ -16,6 +16,7 @@ from interop.config import load_config
 from interop.errors import UserError
 from interop.outputs import output_dir
 from interop.report import emit
+from jax_sft.checkpoints.carried_state import write_with_optimizer
 from jax_sft.checkpoints.deepspeed_convert import deepspeed_to_hf, deepspeed_to_ours, open_deepspeed
 from jax_sft.checkpoints.deepspeed_export import (
     is_training_checkpoint,
@@ -44,6 +45,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "SRC: the HF model it was trained from (its config, tokenizer, frozen weights)",
     )
     p.add_argument("--tag", help="for a DeepSpeed SRC: the checkpoint tag (default: latest)")
+    p.add_argument(
+        "--with-optimizer",
+        action="store_true",
+        help="DeepSpeed SRC --to orbax: carry the Adam state and steps along, for "
+        "train.resume_from",
+    )
     p.add_argument("--max-shard-size", default="5GB", help="HF shard size (e.g. 5GB, 500MB)")
     p.add_argument(
         "--config",
@@ -67,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     if args.to == "deepspeed":
         return _to_deepspeed(src, dst, args)
     fmt = detect_format(src)
+    if args.with_optimizer and (fmt != "deepspeed" or args.to != "orbax"):
+        raise UserError("--with-optimizer: only a DeepSpeed SRC converted --to orbax carries it")
     is_adapter = fmt.endswith("adapter")
     if is_adapter and not args.base:
         raise UserError(f"--base: {src} is an adapter; name the base model to merge it into")
@@ -111,7 +120,10 @@ def _from_deepspeed(src: Path, tmp: Path, args: argparse.Namespace) -> tuple[int
     if args.to == "hf":
         return len(opened.layout), deepspeed_to_hf(opened, tmp, args.max_shard_size)
     flat = dict(deepspeed_to_ours(opened))
-    write_checkpoint(tmp, args.to, opened.config, flat, tokenizer_src=opened.config_dir)
+    if args.with_optimizer:
+        write_with_optimizer(opened, tmp, flat)
+    else:
+        write_checkpoint(tmp, args.to, opened.config, flat, tokenizer_src=opened.config_dir)
     return len(flat), sum(a.nbytes for a in flat.values())
 
 

@@ -90,9 +90,10 @@ def run_sides(config: Path, out: Path, procs: int) -> None:
     run_side("torch", [*launcher, *torch_args], dict(os.environ), out / "torch.log")
 
 
-def summarize(out: Path, steps: int, procs: int, resumed: bool = False) -> dict:
-    """parity.json's object from what both sides wrote; `resumed`: both sides started
-    from a checkpoint (`train.resume_from`), so their steps start after its step."""
+def compared_losses(out: Path, steps: int, resumed: bool = False) -> dict:
+    """Both sides' per-step losses, compared; every step up to `steps` must be there on
+    both, from step 1, or (`resumed`: both started from `train.resume_from`) from the
+    step after the checkpoint's."""
     sides = [step_losses(out / side / "metrics.jsonl") for side in ("jax", "torch")]
     losses = compare_losses(*sides)
     first = min(losses["steps"], default=1) if resumed else 1
@@ -100,6 +101,12 @@ def summarize(out: Path, steps: int, procs: int, resumed: bool = False) -> dict:
     if any(sorted(side) != expected for side in sides):
         found = [sorted(side) for side in sides]
         raise BackendError(f"expected steps {first}-{steps} logged on each side, found {found}")
+    return losses
+
+
+def summarize(out: Path, steps: int, procs: int, resumed: bool = False) -> dict:
+    """parity.json's object from what both sides wrote."""
+    losses = compared_losses(out, steps, resumed)
     params = compare_params(out / "jax" / "hf", out / "torch" / "hf")
     _, config, flat = read_checkpoint(out / "jax" / "hf")
     batch = probe_batch(config["vocab_size"])
