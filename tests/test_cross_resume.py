@@ -15,6 +15,7 @@ from train_fixtures import run_config, write_config
 
 from interop.checkpoints.deepspeed import DeepSpeedCheckpoint
 from interop.processes import free_port
+from jax_sft import cli
 
 pytestmark = pytest.mark.multiprocess
 PARITY = 1e-4  # per-step relative loss difference, fp32 (DESIGN.md)
@@ -30,20 +31,25 @@ def losses(out) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-def command(argv: list[str], procs: int = 1) -> subprocess.CompletedProcess:
+def torch_ref(argv: list[str], procs: int = 1) -> subprocess.CompletedProcess:
+    """`torch-ref ARGV` in a child process (under torchrun when `procs` > 1)."""
     if procs > 1:
-        argv = [
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(procs),
-            "--master_port",
-            str(free_port()),
-            *argv,
-        ]
+        launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(procs)]
+        argv = [*launch, "--master_port", str(free_port()), "-m", "torch_ref.cli", *argv]
+    else:
+        argv = ["-m", "torch_ref.cli", *argv]
     done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def jax_sft(capsys, *argv: str) -> tuple[str, str]:
+    """`jax-sft ARGV` in this process (JAX is loaded already); its (stdout, stderr)."""
+    capsys.readouterr()
+    status = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert status == 0, err[-3000:]
+    return out, err
 
 
 def config(tmp_path, base, name, procs=1, **train):
@@ -60,69 +66,43 @@ def config(tmp_path, base, name, procs=1, **train):
     return str(write_config(folder, cfg))
 
 
-def test_jax_to_deepspeed_to_torch_and_back(tiny_base, tmp_path):
+def test_jax_to_deepspeed_to_torch_and_back(tiny_base, tmp_path, capsys):
     jax_run = config(tmp_path, tiny_base, "jax")
-    command(["-m", "jax_sft.cli", "train", jax_run])
+    jax_sft(capsys, "train", jax_run)
     torch_run = config(tmp_path, tiny_base, "torch")
-    command(["-m", "torch_ref.cli", "train", torch_run])
+    torch_ref(["train", torch_run])
     straight_jax, straight_torch = losses(tmp_path / "jax"), losses(tmp_path / "torch")
 
     # JAX's step 10, written by DeepSpeed as a 2-rank ZeRO-2 run: the same numbers
-    ds = tmp_path / "ds-from-jax"
-    done = command(
-        [
-            "-m",
-            "jax_sft.cli",
-            "convert",
-            str(tmp_path / "jax" / "checkpoints" / "10"),
-            str(ds),
-            "--to",
-            "deepspeed",
-            "--config",
-            jax_run,
-            "--world-size",
-            "2",
-        ]
-    )
-    assert "(deepspeed, ZeRO-2, 2 rank(s))" in done.stdout
+    ds, step_dir = tmp_path / "ds-from-jax", tmp_path / "jax" / "checkpoints" / "10"
+    argv = ["convert", str(step_dir), str(ds), "--to", "deepspeed", "--config", jax_run]
+    out, _ = jax_sft(capsys, *argv, "--world-size", "2")
+    assert "(deepspeed, ZeRO-2, 2 rank(s))" in out
     written = DeepSpeedCheckpoint(ds)
     assert (written.stage, written.world_size, written.step, written.global_steps) == (2, 2, 10, 10)
-    for name, (weight, mu, nu) in _jax_state_in_hf_names(
-        tmp_path / "jax" / "checkpoints" / "10"
-    ).items():
+    for name, (weight, mu, nu) in _jax_state_in_hf_names(step_dir).items():
         assert np.array_equal(written.get(name), weight), name
         got_mu, got_nu = written.moments_of(name)
         assert np.array_equal(got_mu, mu) and np.array_equal(got_nu, nu), name
 
     # ... continued by torch-ref on 2 processes
     resumed = config(tmp_path, tiny_base, "torch-from-jax", procs=2, resume_from=str(ds))
-    done = command(["-m", "torch_ref.cli", "train", resumed], procs=2)
+    done = torch_ref(["train", resumed], procs=2)
     assert f"resuming from step 10 ({ds}/step_10)" in done.stderr
     _within_parity(losses(tmp_path / "torch-from-jax"), straight_jax)
 
     # torch-ref's own step 10 continued by jax-sft
     step_10 = tmp_path / "torch" / "checkpoints" / "step_10"
     resumed = config(tmp_path, tiny_base, "jax-from-torch", resume_from=str(step_10))
-    done = command(["-m", "jax_sft.cli", "train", resumed])
-    assert f"resuming from step 10 ({step_10})" in done.stderr
+    _, err = jax_sft(capsys, "train", resumed)
+    assert f"resuming from step 10 ({step_10})" in err
     _within_parity(losses(tmp_path / "jax-from-torch"), straight_torch)
 
     # ... or through an Orbax model that carries the Adam state: the same run, bit for bit
     carried = tmp_path / "carried"
-    command(
-        [
-            "-m",
-            "jax_sft.cli",
-            "convert",
-            str(step_10),
-            str(carried),
-            "--to",
-            "orbax",
-            "--with-optimizer",
-        ]
-    )
+    jax_sft(capsys, "convert", str(step_10), str(carried), "--to", "orbax", "--with-optimizer")
     resumed = config(tmp_path, tiny_base, "jax-from-orbax", resume_from=str(carried))
-    command(["-m", "jax_sft.cli", "train", resumed])
+    jax_sft(capsys, "train", resumed)
     assert losses(tmp_path / "jax-from-orbax") == losses(tmp_path / "jax-from-torch")
 
 

@@ -125,6 +125,13 @@ def jax_sft(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=300)
 
 
+def to_hf(runs: Path, src, dst: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`jax-sft convert SRC DST --to hf` with the runs' base model as --base."""
+    return jax_sft(
+        "convert", str(src), str(dst), "--to", "hf", "--base", str(runs / "1" / "base"), *extra
+    )
+
+
 def test_convert_to_hf_streams_the_fp32_masters(ds_runs, tmp_path):
     src = tmp_path / "ds"
     shutil.copytree(ds_runs / "2" / "z3_bf16", src)
@@ -205,15 +212,7 @@ def test_bad_checkpoints_are_one_line(ds_runs, tmp_path, case):
     prepare, fragment = BAD[case]
     src = tmp_path / "ds"
     prepare(ds_runs, src)
-    done = jax_sft(
-        "convert",
-        str(src),
-        str(tmp_path / "out"),
-        "--to",
-        "hf",
-        "--base",
-        str(ds_runs / "1" / "base"),
-    )
+    done = to_hf(ds_runs, src, tmp_path / "out")
     assert done.returncode == 2 and fragment in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "out").exists()
@@ -221,17 +220,7 @@ def test_bad_checkpoints_are_one_line(ds_runs, tmp_path, case):
 
 def test_a_tag_that_does_not_exist_and_a_missing_config(ds_runs, tmp_path):
     src = str(ds_runs / "1" / "z1_fp32")
-    done = jax_sft(
-        "convert",
-        src,
-        str(tmp_path / "a"),
-        "--to",
-        "hf",
-        "--tag",
-        "nope",
-        "--base",
-        str(ds_runs / "1" / "base"),
-    )
+    done = to_hf(ds_runs, src, tmp_path / "a", "--tag", "nope")
     assert done.returncode == 2 and f"no checkpoint tagged 'nope' (tags here: {TAG})" in done.stderr
     done = jax_sft("convert", src, str(tmp_path / "b"), "--to", "hf")
     assert done.returncode == 2 and "holds no model config; name the Hugging Face" in done.stderr
@@ -243,15 +232,7 @@ def test_a_hostile_pickle_is_refused_and_nothing_runs(ds_runs, tmp_path):
     hostile(src / TAG / "mp_rank_00_model_states.pt", marker)
     with pytest.raises(UserError, match=r"refused: the pickle calls posix\.system"):
         DeepSpeedCheckpoint(src)
-    done = jax_sft(
-        "convert",
-        str(src),
-        str(tmp_path / "out"),
-        "--to",
-        "hf",
-        "--base",
-        str(ds_runs / "1" / "base"),
-    )
+    done = to_hf(ds_runs, src, tmp_path / "out")
     assert done.returncode == 2 and "posix.system" in done.stderr
     assert not marker.exists()
     torch.load(src / TAG / "mp_rank_00_model_states.pt", weights_only=False)  # the payload is live
