@@ -23,7 +23,7 @@ largest tensor whatever the model's size.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -66,14 +66,13 @@ class DeepSpeedCheckpoint:
         optims = [_states(f, "optimizer_state_dict")["optimizer_state_dict"] for f in files.optim]
         self.model = models[0]
         self.global_steps = int(self.model.get("global_steps") or 0)
-        self.scheduler = self.model.get("lr_scheduler")
         self.weights: dict[str, Read] = {}
         self.moments: dict[str, tuple[Read, Read]] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.notes: list[str] = []
         if not optims:
             self.stage, self.world_size = 0, 1
-            zero0_layout(self, files.model[0], base)
+            zero0_layout(self, base)
         else:
             self.stage, self.world_size = _stage_and_world(files.optim, optims)
             trained = [
@@ -180,10 +179,6 @@ class DeepSpeedCheckpoint:
         if name not in self.moments:
             raise UserError(f"{self.dir}: {name} has no optimizer state (frozen, or not found)")
         return tuple(read() for read in self.moments[name])
-
-    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        for name in self.weights:
-            yield name, self.get(name)
 
 
 _MOMENTS = ("exp_avg", "exp_avg_sq")

@@ -12,16 +12,14 @@ otherwise the moments are unnamed and a 16-bit run's weights are its 16-bit copy
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from interop.checkpoints.torch_pickle import StoredTensor
 from interop.errors import UserError
 
 
-def zero0_layout(ckpt, file: Path, base: object | None) -> None:
-    """Fill `ckpt` (a DeepSpeedCheckpoint) from a ZeRO-0 model-states file."""
+def zero0_layout(ckpt, base: object | None) -> None:
+    """Fill `ckpt` (a DeepSpeedCheckpoint) from its ZeRO-0 model states (`ckpt.model`)."""
     module: dict[str, StoredTensor] = ckpt.model["module"]
     buffers = set(ckpt.model.get("buffer_names") or [])
     params, aliases, seen = [], {}, {}
