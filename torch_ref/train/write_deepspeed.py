@@ -31,6 +31,8 @@ from torch_ref.train.trainer import Trainer
 
 
 def write_deepspeed(args: argparse.Namespace) -> int:
+    """Build the run's engine from TRANSFER's parameters, give it TRANSFER's Adam state and
+    steps, and save it to DST as `torch-ref train` would (module docstring)."""
     deepspeed.utils.logger.setLevel(logging.WARNING)
     distributed.initialize()
     transfer, dst = Path(args.transfer), Path(args.dst)
@@ -64,7 +66,7 @@ def write_deepspeed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _set_moment(trainer: Trainer, param: torch.nn.Parameter, value: torch.Tensor, key: str):
+def _set_moment(trainer: Trainer, param: torch.nn.Parameter, value: torch.Tensor, key: str) -> None:
     shape = getattr(param, "ds_shape", param.shape)  # ZeRO-3 keeps only a slice in `param`
     if trainer.own_norm:  # ZeRO-0 in fp32: torch's own AdamW, unwrapped
         trainer.engine.optimizer.state[param][key] = value.reshape(shape).clone()
