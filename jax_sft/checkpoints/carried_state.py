@@ -29,7 +29,6 @@ MOMENTS = ("exp_avg", "exp_avg_sq")
 
 @dataclass
 class CarriedState:
-    source: Path
     global_steps: int  # optimizer steps the run had taken
     adam_count: int  # Adam's own step count (its bias correction)
     weight: Callable[[str], np.ndarray]  # our path -> fp32 array in our layout
@@ -40,8 +39,11 @@ def carried_state(config: dict, path: Path) -> CarriedState:
     """The state at `path` (either kind above) of the model `config` describes."""
     if (path / OPTIMIZER).is_dir():
         return _from_orbax(path)
-    opened = open_deepspeed_as(config, path)
-    ckpt, expected = opened.ckpt, registry.expected_shapes(config)
+    return _from_deepspeed(open_deepspeed_as(config, path))
+
+
+def _from_deepspeed(opened: OpenedDeepSpeed) -> CarriedState:
+    ckpt, expected = opened.ckpt, registry.expected_shapes(opened.config)
     frozen = sorted(n for n, _ in opened.layout.values() if n not in ckpt.moments)
     if frozen:
         raise UserError(
@@ -57,7 +59,6 @@ def carried_state(config: dict, path: Path) -> CarriedState:
         return ours(path_, mu), ours(path_, nu)
 
     return CarriedState(
-        ckpt.dir,
         ckpt.global_steps,
         ckpt.step if ckpt.step is not None else ckpt.global_steps,
         lambda p: ours(p, ckpt.get(opened.layout[p][0])),
@@ -69,7 +70,7 @@ def write_with_optimizer(opened: OpenedDeepSpeed, dst: Path, params: dict) -> No
     """`dst` (existing) as an Orbax model of `params` (our layout) that carries the
     DeepSpeed run's Adam state and step counts."""
     save_orbax_model(dst, params, opened.config, opened.config_dir)
-    state = carried_state(opened.config, opened.source)
+    state = _from_deepspeed(opened)
     trees = {key: {} for key in MOMENTS}
     for path in params:
         for key, array in zip(MOMENTS, state.moments(path), strict=True):
@@ -87,7 +88,6 @@ def _from_orbax(path: Path) -> CarriedState:
     flat = {key: flatten(trees[key]) for key in MOMENTS}
     steps = json.loads((path / STEPS).read_text())
     return CarriedState(
-        path,
         int(steps["global_steps"]),
         int(steps["adam_count"]),
         lambda p: np.asarray(source.read(p), np.float32),

@@ -26,7 +26,6 @@ from jax_sft.models.hf_names import Transform, hf_layout
 class OpenedDeepSpeed:
     config: dict
     config_dir: Path  # where config.json (and the tokenizer) were found
-    source: Path  # the checkpoint directory as given
     ckpt: DeepSpeedCheckpoint
     layout: dict[str, tuple[str, Transform]]  # our path -> (DeepSpeed/HF name, transform)
     notes: list[str]  # what was read from where, for the user
@@ -56,7 +55,7 @@ def open_deepspeed_as(
     notes = [f"{ckpt.dir}: {note}" for note in ckpt.notes]
     for found in consolidated_weights(ckpt.dir):
         notes.append(f"{found} (16-bit) not used: the fp32 masters are")
-    return OpenedDeepSpeed(config, Path(path), Path(path), ckpt, layout, notes)
+    return OpenedDeepSpeed(config, Path(path), ckpt, layout, notes)
 
 
 def deepspeed_to_ours(opened: OpenedDeepSpeed) -> Iterator[tuple[str, np.ndarray]]:
