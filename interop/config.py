@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from interop.errors import UserError
+from interop.prune_config import PruneConfig
 from interop.tiny_configs import TINY_CONFIGS
 
 DEFAULT_TINY = "tiny-llama"
@@ -319,24 +320,35 @@ class RunConfig(_Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     sparse: SparseConfig = Field(default_factory=SparseConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @property
     def training_mode(self) -> str:
-        """The way this run trains: "sparse", "lora" or "dense" (each backend has one
-        implementation per name)."""
+        """The way this run trains: "sparse", "lora", "prune" or "dense" (each backend has
+        one implementation per name)."""
         if self.sparse.method != "none":
             return "sparse"
-        return "lora" if self.lora.rank > 0 else "dense"
+        if self.lora.rank > 0:
+            return "lora"
+        return "prune" if self.prune.enabled else "dense"
 
     @model_validator(mode="after")
     def _one_way_to_train_few(self) -> RunConfig:
-        if self.lora.rank > 0 and self.sparse.method != "none":
+        chosen = [
+            f"{name} ({setting})"
+            for name, setting, on in (
+                ("sparse.method", self.sparse.method, self.sparse.method != "none"),
+                ("lora.rank", self.lora.rank, self.lora.rank > 0),
+                ("prune.rules", len(self.prune.rules), self.prune.enabled),
+            )
+            if on
+        ]
+        if len(chosen) > 1:
             raise ValueError(
-                f"lora.rank {self.lora.rank} and sparse.method {self.sparse.method}: "
-                "choose LoRA or sparse fine-tuning, not both"
+                f"{' and '.join(chosen)}: choose one of sparse fine-tuning, LoRA and pruning"
             )
         return self
 

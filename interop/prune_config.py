@@ -1,0 +1,155 @@
+"""The `prune` section of a run config: which weights lose which entries, when and how.
+
+A pruning run trains the whole model while some entries of chosen weights are held at
+exactly zero. Each `PruneRule` is one technique (DeepSpeed's `sparse_pruning`,
+`row_pruning` or `head_pruning` become one rule each):
+
+- `method`: how entries are ranked: `magnitude` (largest |W| stays, DeepSpeed's `l1`),
+  `random` (seeded), `movement` (Sanh et al. 2020: importance accumulates -grad * W over
+  the steps before each cut).
+- `pattern`: what one ranked item is: `unstructured` (an entry, ranked within its
+  tensor), `global` (an entry, ranked across all tensors of a group), `rows` (an FFN
+  neuron: a row of the up/gate projections with the matching column of the down
+  projection) or `heads` (an attention head: its query/key/value rows and output
+  columns; with grouped-query attention a whole KV group, so the model stays valid).
+- schedule: one cut at `start_step` (dense before it) or, with `end_step`, a gradual
+  one from `start_step` to `end_step` every `every` steps on the cubic schedule of Zhu &
+  Gupta (2017); masks only ever lose entries.
+- targets: `groups`, each with its own `sparsity` and `modules` (regexes searched in the
+  Hugging Face module names, as DeepSpeed's `different_groups` do); `excluded_modules`
+  are never pruned. Without groups, the rule's own `modules` and `sparsity` make one.
+
+`regularization` (`l1`: a proximal soft-threshold step on the targeted weights;
+`group_lasso`: the same on the L2 norms of the targeted rows or heads) acts after every
+optimizer step until the last cut, driving weights to zero before they are cut.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt
+from pydantic import field_validator, model_validator
+
+Sparsity = Annotated[float, Field(ge=0.0, lt=1.0)]
+PATTERNS = ("unstructured", "global", "rows", "heads")
+RULE_KEYS = (
+    "method",
+    "pattern",
+    "sparsity",
+    "modules",
+    "excluded_modules",
+    "groups",
+    "start_step",
+    "end_step",
+    "every",
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _regexes(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+    return patterns
+
+
+class PruneGroup(_Section):
+    """Modules pruned to one sparsity (DeepSpeed's `different_groups` entry).
+    `related_modules` (DeepSpeed's) must name modules of the same structures: the whole
+    FFN or attention block is always cut together."""
+
+    name: str = "group"
+    modules: list[str]
+    sparsity: Sparsity
+    related_modules: list[str] = []
+
+    _check = field_validator("modules", "related_modules")(_regexes)
+
+
+class PruneRule(_Section):
+    """One pruning technique (see the module docstring)."""
+
+    method: Literal["magnitude", "random", "movement"] = "magnitude"
+    pattern: Literal["unstructured", "global", "rows", "heads"] = "unstructured"
+    sparsity: Sparsity = 0.5
+    modules: list[str] | None = None  # None: every module the pattern can cut
+    excluded_modules: list[str] = []
+    groups: list[PruneGroup] = []
+    start_step: NonNegativeInt = 0
+    end_step: NonNegativeInt | None = None
+    every: PositiveInt = 1
+    num_heads: PositiveInt | None = None  # DeepSpeed's head_pruning: checked against the model
+
+    _check = field_validator("modules", "excluded_modules")(
+        lambda v: v if v is None else _regexes(v)
+    )
+
+    @model_validator(mode="after")
+    def _schedule(self) -> PruneRule:
+        if self.end_step is not None and self.end_step <= self.start_step:
+            raise ValueError(
+                f"end_step {self.end_step} must come after start_step {self.start_step} "
+                "(leave it out for one cut)"
+            )
+        return self
+
+    def resolved_groups(self) -> list[PruneGroup]:
+        """The rule's groups; without any, one from its own `modules` and `sparsity`."""
+        if self.groups:
+            return list(self.groups)
+        return [PruneGroup(name=self.pattern, modules=self.modules or [""], sparsity=self.sparsity)]
+
+    def cut_steps(self) -> list[int]:
+        """The optimizer steps done when masks are (re)computed, before the next step."""
+        if self.end_step is None:
+            return [self.start_step]
+        steps = list(range(self.start_step, self.end_step, self.every))
+        return [*steps, self.end_step]
+
+    def sparsity_at(self, step: int, target: float) -> float:
+        """The sparsity a group with final `target` has after the cut at `step` (cubic
+        schedule from 0 at `start_step` to `target` at `end_step`)."""
+        if self.end_step is None or step >= self.end_step:
+            return target if step >= self.start_step else 0.0
+        if step < self.start_step:
+            return 0.0
+        done = (step - self.start_step) / (self.end_step - self.start_step)
+        return target * (1.0 - (1.0 - done) ** 3)
+
+
+class PruneConfig(_Section):
+    """Pruning rules and the regularization that prepares them; the rule fields may be
+    given at the top level for a single rule (`prune.method`, `prune.sparsity`, ...)."""
+
+    rules: list[PruneRule] = []
+    regularization: Literal["none", "l1", "group_lasso"] = "none"
+    reg_weight: NonNegativeFloat = 0.0
+    seed: NonNegativeInt = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_rule_at_top(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        top = {k: data[k] for k in RULE_KEYS + ("num_heads",) if k in data}
+        if not top:
+            return data
+        if data.get("rules"):
+            raise ValueError(f"give prune.{next(iter(top))} inside prune.rules, or no rules")
+        rest = {k: v for k, v in data.items() if k not in top}
+        return {**rest, "rules": [top]}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.rules)
+
+    def last_cut(self) -> int:
+        """The step of the final cut of every rule (regularization stops there)."""
+        return max(max(rule.cut_steps()) for rule in self.rules)
