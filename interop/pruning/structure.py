@@ -19,6 +19,8 @@ import numpy as np
 
 from interop.errors import UserError
 
+WB = ("weight", "bias")
+
 
 @dataclass(frozen=True)
 class Member:
@@ -94,7 +96,7 @@ def _llama(c: Mapping, shapes: Mapping[str, tuple]) -> list[Block]:
         ]
         mlp.append(Member(f"{p}mlp.down_proj.weight", 1))
         out.append(Block(f"{p}mlp", "rows", c["intermediate_size"], _f(shapes, mlp)))
-        att = [Member(f"{p}self_attn.q_proj.{t}", 0, group * hd) for t in ("weight", "bias")]
+        att = [Member(f"{p}self_attn.q_proj.{t}", 0, group * hd) for t in WB]
         att += [
             Member(f"{p}self_attn.{n}_proj.{t}", 0, hd) for n in "kv" for t in ("weight", "bias")
         ]
