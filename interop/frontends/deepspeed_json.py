@@ -13,6 +13,8 @@ YAML config, see `merge`) and a list of notes. What it takes from the JSON:
 - `zero_optimization.stage` -> `parallel.zero_stage`
 - `tensorboard` (`enabled`, `output_path` + `job_name`) -> `logging.tensorboard`,
   `logging.tensorboard_dir`
+- `compression_training` (`sparse_pruning`, `row_pruning`, `head_pruning`) ->
+  `prune.rules`, as `interop.frontends.deepspeed_compression` explains
 
 Rules, chosen so that the JSON means what it means to DeepSpeed:
 
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from interop.errors import UserError
+from interop.frontends.deepspeed_compression import prune_rules
 
 AUTO = "auto"
 
@@ -140,6 +143,7 @@ _HANDLED = {
     "gradient_clipping",
     "zero_optimization",
     "tensorboard",
+    "compression_training",
     *_PRECISION_KEYS,
 }
 
@@ -434,6 +438,11 @@ def overrides_from_deepspeed(
         _zero(t, data)
     if "tensorboard" in data:
         _tensorboard(t, data)
+    if "compression_training" in data:
+        rules, notes = prune_rules(t.name, data["compression_training"])
+        t.notes += notes
+        if rules:
+            t.set("prune", "rules", rules)
     for key in _extra(data, _HANDLED):
         if key in _NO_EFFECT:
             t.note(key, _NO_EFFECT[key])
