@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test lint bench bench-sparse bench-deepspeed venv-core venv-dev clean
+.PHONY: demo test lint bench bench-sparse bench-deepspeed bench-prune venv-core venv-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench-sparse: venv-core
 
 bench-deepspeed: venv-dev
 	$(BIN)/python scripts/deepspeed_convert_memory.py
+
+bench-prune: venv-dev
+	$(BIN)/python scripts/pruned_forward_speed.py
 
 lint: venv-dev
 	$(BIN)/ruff check .

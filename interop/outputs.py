@@ -8,6 +8,7 @@ new one is complete.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -52,6 +53,13 @@ def output_dir(dst: str | Path, overwrite: bool) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         old.unlink()
+
+
+def write_json(dst: Path, content: dict) -> None:
+    """Write a JSON report atomically: a reader sees the old file or the whole new one."""
+    tmp = dst.parent / f".{dst.name}.tmp-{secrets.token_hex(4)}"
+    tmp.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(tmp, dst)
 
 
 def ensure_space(directory: Path, nbytes: int, what: str) -> None:
@@ -120,4 +128,3 @@ def clear_run_dir(out: Path, *, overwrite: bool) -> None:
             if child.name not in KEEP_ON_OVERWRITE:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
-

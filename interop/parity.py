@@ -49,8 +49,9 @@ def compare_losses(ours: dict[int, float], reference: dict[int, float]) -> dict:
 
 
 def compare_params(a: Path, b: Path) -> dict:
-    """Largest |a - b| over the tensors of two HF directories, and which tensor it is."""
-    worst, worst_name, per_tensor = -1.0, None, {}
+    """Largest |a - b| over the tensors of two HF directories, and which tensor it is;
+    how many entries are exactly zero on one side only (pruning masks must agree)."""
+    worst, worst_name, per_tensor, zeros = -1.0, None, {}, 0
     with HFCheckpointReader(a) as ra, HFCheckpointReader(b) as rb:
         names = sorted(set(ra.names()) & set(rb.names()))
         missing = sorted(set(ra.names()) ^ set(rb.names()))
@@ -58,6 +59,8 @@ def compare_params(a: Path, b: Path) -> dict:
             x = np.asarray(ra.get(name), np.float64)
             y = np.asarray(rb.get(name), np.float64)
             diff = float(np.abs(x - y).max()) if x.shape == y.shape else float("inf")
+            if x.shape == y.shape:
+                zeros += int(np.sum((x == 0) != (y == 0)))
             per_tensor[name] = diff
             if diff > worst:
                 worst, worst_name = diff, name
@@ -65,6 +68,7 @@ def compare_params(a: Path, b: Path) -> dict:
         "final_max_abs_param_diff": worst,
         "worst_tensor": worst_name,
         "tensors_only_in_one": missing,
+        "zero_mismatches": zeros,
         "per_tensor": per_tensor,
     }
 

@@ -19,11 +19,23 @@ from jax_sft.commands import (
     dschat_step1,
     launch,
     parity,
+    prune,
     train,
 )
 from jax_sft.commands import eval as eval_command
 
-COMMANDS = (train, dschat_step1, eval_command, convert, compare, config, bench, launch, parity)
+COMMANDS = (
+    train,
+    dschat_step1,
+    eval_command,
+    convert,
+    compare,
+    config,
+    bench,
+    launch,
+    parity,
+    prune,
+)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -25,3 +25,20 @@ def tiny_base(tmp_path_factory):
     )
     return ensure_base(cfg)
 
+
+@pytest.fixture(scope="session")
+def parity_bases(tmp_path_factory):
+    """{tiny name: HF dir} of the parity config's base model for Llama and OPT."""
+    from interop.config import RunConfig
+    from jax_sft.train.base_model import ensure_base
+
+    bases = {}
+    for tiny in ("tiny-llama", "tiny-opt"):
+        cfg = RunConfig.model_validate(
+            {
+                "model": {"tiny": tiny, "pretrain": {"steps": 0, "vocab_size": 320}},
+                "train": {"output_dir": str(tmp_path_factory.mktemp(tiny))},
+            }
+        )
+        bases[tiny] = ensure_base(cfg)
+    return bases

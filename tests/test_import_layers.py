@@ -4,7 +4,8 @@ Read statically (`ast`), so imports inside functions count too: a lazy import th
 up the layers is still an upward dependency. Layers, lowest first:
 
 - jax_sft: models and sharding; checkpoints and core (tree helpers, loss, forward, the
-  training-mode protocol, optimizer and jitted steps); sparse and lora (training modes);
+  training-mode protocol, optimizer and jitted steps); sparse, lora and prune (training
+  modes);
   train (setup, engine, runs); bench; commands; cli and the package root. A package
   imports only from lower layers (never a peer), and no command imports another.
 - torch_ref: one layer per module (see TORCH_LAYERS).
@@ -25,6 +26,7 @@ JAX_LAYERS = {
     "core": 1,
     "sparse": 2,
     "lora": 2,
+    "prune": 2,
     "train": 3,
     "bench": 4,
     "commands": 5,
@@ -41,6 +43,7 @@ TORCH_LAYERS = {
     "accelerator": 0,
     "train.sparse": 1,
     "train.lora": 1,
+    "train.prune": 1,
     "train.optimizer": 2,
     "train.build": 3,
     "train.trainer": 4,

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from interop.config import RunConfig
 from interop.errors import BackendError
 from jax_sft import cli
 from jax_sft.commands.parity import compared_losses
-from jax_sft.train.base_model import ensure_base
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "parity-tiny.yaml")
 MODES = {
@@ -23,21 +21,6 @@ MODES = {
     "sparse": ["sparse.method=random", "sparse.density=0.05"],
     "lora": ["lora.rank=4", "lora.alpha=8", "lora.target_modules=[q_proj,v_proj,fc1]"],
 }
-
-
-@pytest.fixture(scope="session")
-def parity_bases(tmp_path_factory):
-    """{tiny name: HF dir} of the parity config's base model for Llama and OPT."""
-    bases = {}
-    for tiny in ("tiny-llama", "tiny-opt"):
-        cfg = RunConfig.model_validate(
-            {
-                "model": {"tiny": tiny, "pretrain": {"steps": 0, "vocab_size": 320}},
-                "train": {"output_dir": str(tmp_path_factory.mktemp(tiny))},
-            }
-        )
-        bases[tiny] = ensure_base(cfg)
-    return bases
 
 
 def parity(out: Path, base: Path, settings: list[str], *extra: str) -> tuple[int, dict | None]:

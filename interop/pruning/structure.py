@@ -31,12 +31,16 @@ class Member:
 
     def expand(self, keep: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """The tensor's bool mask from the items' keep flags."""
-        line = np.tile(np.repeat(keep, self.block), self.segments)
+        line = self.line(keep)
         if line.size != shape[self.axis]:
             raise ValueError(f"{self.name}: {line.size} indices along axis {self.axis}, {shape}")
         view = [1] * len(shape)
         view[self.axis] = line.size
         return np.broadcast_to(line.reshape(view), shape).copy()
+
+    def line(self, keep: np.ndarray) -> np.ndarray:
+        """The flags of the indices along `axis`, from the items' flags."""
+        return np.tile(np.repeat(keep, self.block), self.segments)
 
     def item_sums(self, values: np.ndarray, items: int) -> np.ndarray:
         """Sum of `values` (the tensor's shape) over each item's entries."""
@@ -45,7 +49,7 @@ class Member:
 
     def cut(self, values: np.ndarray, keep: np.ndarray) -> np.ndarray:
         """The tensor with the pruned items' indices removed along `axis`."""
-        return np.compress(self.expand(keep, (values.shape[self.axis],)), values, axis=self.axis)
+        return np.compress(self.line(keep), values, axis=self.axis)
 
 
 @dataclass(frozen=True)

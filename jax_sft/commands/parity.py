@@ -27,6 +27,7 @@ from pathlib import Path
 from interop.arguments import add_json, add_overrides
 from interop.config import RunConfig, dump_config, load_config, with_sections
 from interop.errors import BackendError, UserError
+from interop.frontends.deepspeed_json import overrides_from_deepspeed
 from interop.parity import compare_losses, compare_params, final_eval, plot, step_losses
 from interop.probe import max_abs_logit_diff, probe_batch
 from interop.processes import free_port, run_side, torch_logits
@@ -42,6 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("parity", help="train JAX and PyTorch/DeepSpeed side by side and compare")
     p.add_argument("config", help="YAML run config")
     add_overrides(p)
+    p.add_argument(
+        "--deepspeed_config",
+        help="a DeepSpeed JSON config laid over CONFIG, as `train --deepspeed_config` does",
+    )
     p.add_argument("--steps", type=int, default=50, help="optimizer steps on each side")
     p.add_argument("--torch-procs", type=int, default=1, help="data-parallel processes/devices")
     p.add_argument("--rtol", type=float, default=1e-4, help="allowed per-step relative loss diff")
@@ -129,7 +134,15 @@ def summarize(out: Path, steps: int, procs: int, resumed: bool = False) -> dict:
 def run(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.torch_procs < 1:
         raise UserError("--steps and --torch-procs must be >= 1")
-    cfg = load_config(args.config, args.overrides)
+    layers = []
+    if args.deepspeed_config:
+        ds, notes = overrides_from_deepspeed(
+            Path(args.deepspeed_config), data_parallel_size=args.torch_procs
+        )
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        layers.append((args.deepspeed_config, ds))
+    cfg = load_config(args.config, args.overrides, layers)
     out = Path(cfg.train.output_dir)
     prepare_output(out, overwrite=args.overwrite, resume=False)
     cfg = with_sections(
@@ -143,12 +156,14 @@ def run(args: argparse.Namespace) -> int:
     passed = (
         summary["max_rel_loss_diff"] <= args.rtol
         and summary["final_max_abs_param_diff"] <= args.param_atol
+        and (cfg.training_mode != "prune" or summary["zero_mismatches"] == 0)
     )
     summary.update(passed=passed, rtol=args.rtol, param_atol=args.param_atol)
     (out / "parity.json").write_text(json.dumps(summary, indent=1) + "\n")
     trained = {
         "sparse": f"sparse {cfg.sparse.method}",
         "lora": f"LoRA r={cfg.lora.rank}",
+        "prune": "pruned " + ", ".join(r.pattern for r in cfg.prune.rules),
     }.get(cfg.training_mode, cfg.training_mode)
     title = (
         f"{Path(args.config).name}: {trained}, {cfg.model.dtype}, ZeRO-{cfg.parallel.zero_stage}, "
@@ -161,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
         f"{len(summary['steps'])} steps; final max |param diff| "
         f"{summary['final_max_abs_param_diff']:.3e} "
         f"({summary['worst_tensor']}); final max |logit diff| "
-        f"{summary['final_max_abs_logit_diff']:.3e}; {verdict} rtol {args.rtol:g}, param atol "
+        f"{summary['final_max_abs_logit_diff']:.3e}; entries zero on one side only "
+        f"{summary['zero_mismatches']}; {verdict} rtol {args.rtol:g}, param atol "
         f"{args.param_atol:g}",
         f"wrote {out / 'parity.json'} and {out / 'parity.png'}",
     ]

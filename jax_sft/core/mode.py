@@ -13,9 +13,12 @@ step know a mode only through this protocol:
 - `penalty(trained)`: an optional loss term; `decay_mask(trained)`: which trained
   entries take weight decay; `lr_scales(trained)`: per-leaf learning-rate multipliers.
 - `before_step(step, state, batch)` / `after_step(done, state)`: hooks around each
-  optimizer step (SpIEL moves its index sets there).
+  optimizer step, on the host (SpIEL moves its index sets there, pruning cuts there).
+- `after_update(old, state, grads, lr)`: inside the jitted step, after the optimizer
+  update (pruning re-applies its masks and takes its proximal steps there).
 - `adapter_tree(state)` / `write_adapter(dst, tree)`: what the run exports beside the
-  merged model (nothing for dense).
+  merged model (nothing for dense); `export_tree(state)` / `shipped(...)`: how the
+  merged model itself is shipped (pruning cuts structures out and reports sparsity).
 
 A new way of training is a new module with one subclass and one line in
 `jax_sft.train.modes`.
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -42,6 +46,7 @@ class ModeStart:
     """What a mode may use to choose and start its trained tree."""
 
     cfg: RunConfig
+    hf_config: dict  # the base's config, with the vocabulary the run uses
     graphdef: nnx.GraphDef
     params: dict  # the base parameters, already placed on the mesh
     axes: dict  # their logical axis names, nested alike
@@ -85,6 +90,11 @@ class TrainingMode:
         """Called after `done` steps; returns the state the next step starts from."""
         return state
 
+    def after_update(self, old: Mapping, state: dict, grads: Mapping, lr: jax.Array) -> dict:
+        """Traced inside the step: `state` just updated from the trained tree `old` with
+        `grads` at learning rate `lr`; returns the state the step ends with."""
+        return state
+
     def adapter_tree(self, state: Mapping) -> Mapping | None:
         """The state's arrays an adapter export holds (None: the mode has no adapter)."""
         return None
@@ -92,3 +102,14 @@ class TrainingMode:
     def write_adapter(self, dst: Path, tree: Mapping) -> None:
         """Write the adapter (`tree` gathered to the host) into the directory `dst`."""
         raise NotImplementedError
+
+    def export_tree(self, state: Mapping) -> Mapping | None:
+        """The state's arrays `shipped` needs (gathered to the host by the engine)."""
+        return None
+
+    def shipped(
+        self, hf_config: dict, tensors: dict[str, np.ndarray], tree: Mapping | None
+    ) -> tuple[dict, dict[str, np.ndarray], dict[str, dict]]:
+        """The exported model (HF config and tensors by HF name) as the mode ships it,
+        and JSON reports {file name: content} written beside it."""
+        return hf_config, tensors, {}

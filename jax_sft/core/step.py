@@ -65,9 +65,9 @@ def apply_gradients(
         grads = jax.tree.map(jnp.add, grads, jax.grad(mode.penalty)(trained))
     grads = jax.lax.with_sharding_constraint(grads, placement.grads)
     updates, opt_state = optimizer.update(grads, state["opt_state"], trained)
-    trained = jax.tree.map(lambda p, u: p - lr * u, trained, updates)
-    new_state = {**state, mode.key: trained, "opt_state": opt_state, "step": state["step"] + 1}
-    return new_state, grads
+    new = jax.tree.map(lambda p, u: p - lr * u, trained, updates)
+    new_state = {**state, mode.key: new, "opt_state": opt_state, "step": state["step"] + 1}
+    return mode.after_update(trained, new_state, grads, lr), grads
 
 
 def make_train_step(

@@ -30,6 +30,19 @@ def dotted(tree: Mapping) -> dict[str, object]:
     }
 
 
+def nested(flat: Mapping[str, object]) -> dict:
+    """The nested tree of {dotted path: leaf}, keyed like the parameters (so a tree of
+    per-parameter arrays is placed like them, see `sharding.placement.like_params`)."""
+    out: dict = {}
+    for path, leaf in flat.items():
+        keys = [_key(k) for k in path.split(".")]
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = leaf
+    return out
+
+
 def leaf_at(params: Mapping, path: str):
     """The leaf of the nested `params` at a dotted path."""
     for part in path.split("."):

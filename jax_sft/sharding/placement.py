@@ -151,8 +151,10 @@ def build_placement(
     """The Placement of a run's train state, gradients and batches on `mesh`.
 
     When the trained tree is not the parameters (sparse values, LoRA factors, a few
-    dense leaves), it is small: it, the other `extra` trees, its gradients and its
-    optimizer state are replicated; the frozen base is placed like dense parameters.
+    dense leaves), it is small: it, its gradients and its optimizer state are
+    replicated; the frozen base is placed like dense parameters. Other `extra` trees
+    are placed like the parameters where they mirror them (pruning masks: a nested tree
+    whose leaves have a parameter's path and shape), replicated elsewhere.
     """
     zero = zero_axes(zero_stage)
     replicated = NamedSharding(mesh, P())
@@ -163,9 +165,15 @@ def build_placement(
         opt_specs = like_params(opt_state, param_specs(params, axes, mesh, zero["opt"]), params)
         opt = named(mesh, opt_specs)
         grads = named(mesh, param_specs(params, axes, mesh, zero["grads"]))
+    specs = param_specs(params, axes, mesh, zero["params"])
     state = {
-        "params": param_shardings(mesh, zero_stage, params, axes),
-        **{k: jax.tree.map(lambda _: replicated, v) for k, v in (extra or {}).items()},
+        "params": named(mesh, specs),
+        **{
+            k: jax.tree.map(lambda _: replicated, v)
+            if k == trained_key
+            else named(mesh, like_params(v, specs, params))
+            for k, v in (extra or {}).items()
+        },
         "opt_state": opt,
         "step": replicated,
         "rng": replicated,

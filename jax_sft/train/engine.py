@@ -15,13 +15,14 @@ import jax
 import numpy as np
 from flax import nnx
 
+from interop.checkpoints.hf_write import write_hf_checkpoint
 from interop.config import RunConfig
 from interop.loop import eval_result, fit
-from interop.outputs import ensure_space, output_dir
+from interop.outputs import ensure_space, output_dir, write_json
 from interop.schedules import learning_rate
-from jax_sft.checkpoints.loading import write_checkpoint
 from jax_sft.core.step import make_eval_step, make_train_step
 from jax_sft.models import registry
+from jax_sft.models.hf_names import ours_to_hf
 from jax_sft.sharding.distributed import barrier, is_main, to_host
 from jax_sft.sharding.placement import place_batch
 from jax_sft.train.checkpointing import Checkpoints
@@ -173,8 +174,9 @@ class Engine(Setup):
         return True
 
     def export_hf(self, dst: Path, *, overwrite: bool = True) -> None:
-        """The trained model as a Hugging Face directory (weights in the param dtype);
-        every process takes part in gathering, process 0 writes."""
+        """The trained model as a Hugging Face directory (weights in the param dtype), as
+        the mode ships it, with the mode's reports (`pruning.json`) beside it; every
+        process takes part in gathering, process 0 writes."""
         nbytes = sum(x.nbytes for x in jax.tree.leaves(self.state["params"]))
         ensure_space(dst.parent, nbytes, f"{dst.name}/")
         model = nnx.merge(self.graphdef, jax.jit(self.mode.params)(self.state))
@@ -182,10 +184,17 @@ class Engine(Setup):
             registry.path_str(p): to_host(v.get_value())
             for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
         }
+        tree = self.mode.export_tree(self.state)
+        host = None if tree is None else jax.tree.map(to_host, tree)
         if self.is_main:
+            config, tensors, reports = self.mode.shipped(
+                dict(self.hf_config), dict(ours_to_hf(self.table, flat)), host
+            )
             with output_dir(dst, overwrite=overwrite) as tmp:
-                write_checkpoint(tmp, "hf", self.hf_config, flat)
+                write_hf_checkpoint(tmp, tensors.items(), config)
                 self.tokenizer.save_pretrained(tmp)
+            for name, report in reports.items():
+                write_json(dst.parent / name, report)
         barrier("export_hf")
 
     def train_step_memory(self) -> dict[str, int]:

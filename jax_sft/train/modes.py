@@ -7,12 +7,14 @@ from interop.config import RunConfig
 from jax_sft.core.dense import DenseTraining
 from jax_sft.core.mode import TrainingMode
 from jax_sft.lora.mode import LoraTraining
+from jax_sft.prune.mode import PruneTraining
 from jax_sft.sparse.mode import SparseTraining
 
 MODES: dict[str, type[TrainingMode]] = {
     "dense": DenseTraining,
     "sparse": SparseTraining,
     "lora": LoraTraining,
+    "prune": PruneTraining,
 }
 
 # The adapter formats some mode continues; a run of another mode merges them instead.

@@ -141,6 +141,7 @@ def setup(
 
     ctx = ModeStart(
         cfg=cfg,
+        hf_config=hf_config,
         graphdef=graphdef,
         params=params,
         axes=axes,

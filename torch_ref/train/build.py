@@ -1,10 +1,11 @@
-"""The trainable module of a run: base, adapter start, vocabulary, sparse or LoRA mode.
+"""The trainable module of a run: base, adapter start, vocabulary, the training mode.
 
 The same steps, in the same order, as the JAX engine's start-up: read the base (and its
 fingerprint for sparse runs), continue or merge an adapter, prepare the tokenizer, grow
-the vocabulary, then make what trains: every parameter (dense), delta values (sparse)
-or LoRA factors. Rank 0 calls `build` again at export time and loads the trained values
-into the fresh module, which works alike for every ZeRO stage and precision.
+the vocabulary, then make what trains: every parameter (dense), delta values (sparse),
+LoRA factors, or every parameter under pruning masks. Rank 0 calls `build` again at
+export time and loads the trained values into the fresh module, which works alike for
+every ZeRO stage and precision.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from interop.config import RunConfig
 from interop.data.tokenizer import load_tokenizer, prepare_tokenizer
 from interop.errors import UserError
 from interop.preflight import check_run
+from interop.pruning.masks import Pruner
 from interop.sparse_format import checked_adapter
-from torch_ref.train import lora, sparse
+from torch_ref.train import lora, prune, sparse
 from torch_ref.train.model import (
     Source,
     StoredWeights,
@@ -37,8 +39,9 @@ class Built:
     tokenizer: object
     eot: str
     source: Source
-    mode: str  # "dense" | "sparse" | "lora"
+    mode: str  # "dense" | "sparse" | "lora" | "prune"
     base_fingerprint: str | None = None
+    pruner: Pruner | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -82,7 +85,8 @@ def build(cfg: RunConfig) -> Built:
         model = lora.attach(model, cfg, lora_adapter)
         if lora_adapter is not None:
             notes.append(f"continuing the LoRA factors of {lora_adapter}")
-    return Built(model, tok, eot, source, mode, base_fp, [*source.notes, *notes])
+    pruner = prune.attach(model, cfg) if mode == "prune" else None
+    return Built(model, tok, eot, source, mode, base_fp, pruner, [*source.notes, *notes])
 
 
 def _check_dtype(dtype: str) -> None:

@@ -7,7 +7,8 @@ rank takes part); ZeRO-0 in bf16/fp16 keeps them in its unfused optimizer's
 Rank 0 then builds the run's module afresh on the CPU (frozen weights exactly as loaded,
 not the bf16 copies DeepSpeed computes with), loads the trained values into it and
 writes: dense, the model; sparse, the adapter (indices + values) and the merged model
-base + delta; LoRA, peft's adapter and the merged model (`merge_and_unload`). Weights
+base + delta; LoRA, peft's adapter and the merged model (`merge_and_unload`); pruning,
+the masked model (structures cut out where its config allows) and `pruning.json`. Weights
 are written in `model.param_dtype`, with the prepared tokenizer.
 """
 
@@ -18,7 +19,7 @@ from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
 from deepspeed.utils import safe_get_full_fp32_param
 
 from interop.outputs import default_permissions, output_dir
-from torch_ref.train import distributed, sparse
+from torch_ref.train import distributed, prune, sparse
 from torch_ref.train.build import build
 from torch_ref.train.model import restore_dropout
 from torch_ref.train.trainer import Trainer
@@ -52,15 +53,18 @@ def trained_values(trainer: Trainer) -> dict[str, torch.Tensor]:
 def export(trainer: Trainer) -> None:
     """Write OUT/hf (and OUT/adapter); every rank calls it."""
     values = trained_values(trainer)
+    masks = prune.masks(trainer.engine.module)
     if distributed.is_main():
-        _write(trainer, values)
+        _write(trainer, values, masks)
     distributed.barrier()
 
 
-def _write(trainer: Trainer, values: dict[str, torch.Tensor]) -> None:
+def _write(trainer: Trainer, values: dict[str, torch.Tensor], masks: dict) -> None:
     cfg, out = trainer.cfg, trainer.out
     fresh = build(cfg)
     model = fresh.model
+    if fresh.mode == "prune":
+        prune.set_masks(model, masks)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in values.items():
@@ -76,8 +80,12 @@ def _write(trainer: Trainer, values: dict[str, torch.Tensor]) -> None:
             model.save_pretrained(str(tmp))
             default_permissions(tmp)
         model = model.merge_and_unload()
+    elif fresh.mode == "prune":
+        prune.unmask(model)
     restore_dropout(model, fresh.source.model_dir)
     with output_dir(out / "hf", overwrite=True) as tmp:
         model.to(DTYPES[cfg.model.param_dtype]).save_pretrained(str(tmp))
         fresh.tokenizer.save_pretrained(str(tmp))
+        if fresh.mode == "prune":
+            prune.ship(tmp, out / "pruning.json", fresh.pruner, masks)
         default_permissions(tmp)

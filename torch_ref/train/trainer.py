@@ -38,7 +38,7 @@ from interop.errors import UserError
 from interop.loop import eval_result, fit
 from interop.outputs import ensure_space
 from interop.schedules import learning_rate
-from torch_ref.train import distributed, sparse
+from torch_ref.train import distributed, prune, sparse
 from torch_ref.train.build import Built
 from torch_ref.train.data import micro_batches, refuse_packing, rows
 from torch_ref.train.ds_config import ds_config
@@ -79,6 +79,7 @@ class Trainer:
             config=ds_config(cfg, self.dp, persistent_numel=sparse.penalty_numel(built.model, cfg)),
         )
         self.own_norm = self.engine.optimizer is optimizer  # ZeRO-0 fp32: unwrapped
+        self.pruner = built.pruner
         self.global_steps = 0
         self.resumed_from: Path | None = None
 
@@ -116,6 +117,8 @@ class Trainer:
             grad_norm = float(self.engine.get_global_grad_norm())
         lr = self.lr(self.global_steps)
         self.global_steps += 1
+        if self.pruner is not None:
+            prune.cut(self.engine.module, self.pruner, self.global_steps)
         (loss_sum,) = distributed.all_sum([loss_sum])
         return {
             "loss": loss_sum / max(tokens, 1),

@@ -1,0 +1,161 @@
+"""Pruning as a training mode: the whole model trains under masks that only lose entries.
+
+The state keeps the parameters under "params" (trained, as in dense fine-tuning), one
+bool mask per targeted parameter under "masks" (nested like the parameters, so each mask
+is placed like its weight), and, for `movement` rules, the accumulated -grad x W under
+"movement". Which entries a cut removes is decided by `interop.pruning.Pruner` in the
+Hugging Face layout, the one implementation both backends share: at a cut the ranked
+weights are gathered to the host, turned into HF tensors, ranked, and the masks come back
+in our layout. How the zeros are held is `prune.updates`. The export is the dense model
+with exact zeros, or, for rows and heads, the smaller model with those structures cut
+out (`interop.pruning.shrink`), and `pruning.json` beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from interop.errors import UserError
+from interop.pruning.masks import Pruner
+from interop.pruning.shrink import pruning_report, shrink
+from jax_sft.core.mode import ModeStart, TrainingMode
+from jax_sft.core.trees import dotted, hf_decay_mask, leaf_at, nested, update_leaves
+from jax_sft.models.hf_names import NameTable
+from jax_sft.prune.updates import group_shrink, masked, soft_threshold, to_hf, to_ours, zero_pruned
+from jax_sft.sharding.distributed import to_host
+from jax_sft.sharding.placement import place
+
+
+class PruneTraining(TrainingMode):
+    """Dense training under masks (see the module docstring)."""
+
+    key = "params"
+
+    def __init__(self, ctx: ModeStart):
+        self.cfg = ctx.cfg.prune
+        self.table: NameTable = ctx.table
+        flat = dotted(ctx.params)
+        self.shapes = {p: tuple(x.shape) for p, x in flat.items()}
+        self.hf = {p: self.table.to_hf_name(p) for p in flat}  # our path -> (name, transform)
+        self.ours = {name: p for p, (name, _) in self.hf.items()}
+        hf_shapes = {name: t.hf_shape(self.shapes[p]) for p, (name, t) in self.hf.items()}
+        self.pruner = Pruner(self.cfg, ctx.hf_config, hf_shapes)
+        self.targets = [self.ours[n] for n in self.pruner.targets]
+        self.ranked = [self.ours[n] for n in self.pruner.ranked]
+        self.movement = any(r.method == "movement" for r in self.cfg.rules)
+        self.last_cut = self.cfg.last_cut()
+        if self.cfg.regularization == "group_lasso" and not any(
+            u.structured for u in self.pruner.units
+        ):
+            raise UserError("prune.regularization: group_lasso needs a rows or heads rule")
+
+    @classmethod
+    def start(cls, ctx: ModeStart) -> tuple[PruneTraining, dict]:
+        mode = cls(ctx)
+        masks = mode.pruner.initial_masks()
+        if mode.pruner.cuts_at(0):
+            masks = mode.pruner.cut(0, mode._hf_host(ctx.params, mode.ranked), masks)
+        arrays = {"masks": nested(mode._ours_layout(masks))}
+        if mode.movement:
+            zeros = {p: np.zeros(mode.shapes[p], np.float32) for p in mode.ranked}
+            arrays["movement"] = nested(zeros)
+        return mode, arrays
+
+    def _hf_host(self, tree: Mapping, paths: list[str]) -> dict[str, np.ndarray]:
+        """The leaves of the nested `tree` at `paths`, whole on the host, as HF tensors."""
+        out = {}
+        for p in paths:
+            name, transform = self.hf[p]
+            out[name] = transform.to_hf(to_host(leaf_at(tree, p)))
+        return out
+
+    def _ours_layout(self, masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for name, mask in masks.items():
+            p = self.ours[name]
+            out[p] = self.hf[p][1].to_ours(mask, self.shapes[p])
+        return out
+
+    def params(self, state: Mapping, trained: Mapping | None = None) -> Mapping:
+        trained = state["params"] if trained is None else trained
+        masks = state["masks"]
+        return update_leaves(
+            trained, {p: (lambda w, p=p: masked(w, leaf_at(masks, p))) for p in self.targets}
+        )
+
+    def decay_mask(self, trained: Mapping) -> Mapping:
+        return hf_decay_mask(trained, self.table)
+
+    def after_update(self, old: Mapping, state: dict, grads: Mapping, lr: jax.Array) -> dict:
+        out = dict(state)
+        if self.movement:
+            out["movement"] = update_leaves(
+                state["movement"],
+                {p: (lambda s, p=p: s - leaf_at(grads, p) * leaf_at(old, p)) for p in self.ranked},
+            )
+        params = state["params"]
+        if self.cfg.regularization != "none" and self.cfg.reg_weight > 0:
+            t = lr * self.cfg.reg_weight
+            # Until the last cut: the regularization prepares the cuts, then stops.
+            t = jnp.where(state["step"] - 1 < self.last_cut, t, 0.0)
+            params = self._proximal(params, t)
+        out["params"] = self.params({"params": params, "masks": state["masks"]})
+        return out
+
+    def _proximal(self, params: Mapping, t: jax.Array) -> Mapping:
+        if self.cfg.regularization == "l1":
+            return update_leaves(params, {p: (lambda w: soft_threshold(w, t)) for p in self.ranked})
+        changes = {}
+        for unit in self.pruner.units:
+            if not unit.structured:
+                continue
+            tensors = {}
+            for m in unit.members:
+                p = self.ours[m.name]
+                tensors[m.name] = to_hf(leaf_at(params, p), self.hf[p][1])
+            group_shrink(unit, tensors, t)
+            for name, x in tensors.items():
+                p = self.ours[name]
+                changes[p] = lambda _, x=x, p=p: to_ours(x, self.hf[p][1], self.shapes[p])
+        return update_leaves(params, changes)
+
+    def after_step(self, done: int, state: dict) -> dict:
+        if done == 0 or not self.pruner.cuts_at(done):
+            return state
+        movement = self._hf_host(state["movement"], self.ranked) if self.movement else None
+        current = self._hf_host(state["masks"], self.targets)
+        weights = self._hf_host(state["params"], self.ranked)
+        new = self.pruner.cut(done, weights, current, movement)
+        shardings = jax.tree.map(lambda x: x.sharding, state["masks"])
+        masks = place(nested(self._ours_layout(new)), shardings)
+        keep = {k: state[k] for k in ("params", "opt_state")}
+        zeroed = jax.jit(
+            self._zeroed,
+            out_shardings=jax.tree.map(lambda x: x.sharding, keep),
+            donate_argnums=0,
+        )(keep, masks)
+        return {**state, **zeroed, "masks": masks}
+
+    def _zeroed(self, tree: Mapping, masks: Mapping) -> Mapping:
+        """Parameters and Adam moments with the masks' pruned entries at zero."""
+        by_keys = {
+            tuple(int(k) if k.isdigit() else k for k in p.split(".")): leaf_at(masks, p)
+            for p in self.targets
+        }
+        return zero_pruned(tree, by_keys)
+
+    def export_tree(self, state: Mapping) -> Mapping:
+        return {"masks": state["masks"]}
+
+    def shipped(
+        self, hf_config: dict, tensors: dict[str, np.ndarray], tree: Mapping | None
+    ) -> tuple[dict, dict[str, np.ndarray], dict[str, dict]]:
+        """The model with exact zeros, structures cut out where a config can say so."""
+        masks = {self.hf[p][0]: self.hf[p][1].to_hf(m) for p, m in dotted(tree["masks"]).items()}
+        config, cut, notes = shrink(hf_config, tensors, self.pruner, masks)
+        report = pruning_report(self.pruner, masks, shrunk=config != hf_config, notes=notes)
+        return config, cut, {"pruning.json": report}

@@ -1,0 +1,166 @@
+"""Pruned fine-tuning on the JAX backend: the promised zeros, held through training,
+checkpointed, exported (cut out for rows and heads), while the eval loss falls."""
+
+import json
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from train_fixtures import run_config
+
+from interop.checkpoints.hf import HFCheckpointReader
+from interop.config import load_config
+from interop.errors import UserError
+from interop.pruning.masks import Pruner
+from interop.tiny_configs import tiny_config
+from jax_sft.core.trees import dotted
+from jax_sft.train.run import make_engine, train
+
+STEPS = 10
+SCENARIOS = {
+    "unstructured": {"pattern": "unstructured", "sparsity": 0.5},
+    "gradual": {"pattern": "unstructured", "sparsity": 0.7, "end_step": 8, "every": 2},
+    "rows": {"pattern": "rows", "sparsity": 0.5, "start_step": 2},
+    "heads": {"pattern": "heads", "sparsity": 0.5, "start_step": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_base, tmp_path_factory):
+    """Each scenario trained once: (its output directory, its masks at every checkpoint)."""
+    out = {}
+    for name, rule in SCENARIOS.items():
+        cfg = run_config(
+            tiny_base,
+            tmp_path_factory.mktemp(name) / "run",
+            prune=rule,
+            optim={"learning_rate": 3e-3, "weight_decay": 0.1},
+            train={"max_steps": STEPS, "save_every": 2, "keep_checkpoints": 10, "eval_every": 5},
+        )
+        train(cfg)
+        reader = make_engine(cfg)
+        masks = {}
+        for step in range(2, STEPS + 1, 2):
+            reader.load_checkpoint(tag=str(step))
+            masks[step] = {p: np.asarray(m) for p, m in dotted(reader.state["masks"]).items()}
+        final = reader.state
+        reader.close()
+        out[name] = (cfg, masks, final)
+    return out
+
+
+def _hf(directory):
+    with HFCheckpointReader(directory) as reader:
+        return dict(reader)
+
+
+def _evals(out):
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["eval_loss"] for r in lines if "eval_loss" in r]
+
+
+def test_unstructured_masks_are_the_numpy_top_magnitudes_and_hold(runs, tiny_base):
+    cfg, masks, state = runs["unstructured"]
+    out = Path(cfg.train.output_dir)
+    base, tuned = _hf(tiny_base), _hf(out / "hf")
+    targets = [n for n in base if n.endswith("_proj.weight")]
+    assert len(targets) == 14
+    for name, w in tuned.items():
+        zeros = int(np.sum(w == 0))
+        if name in targets:
+            # Exactly floor(0.5 n) zeros, where the base's smallest |W| were (stable order).
+            order = np.argsort(-np.abs(base[name]).reshape(-1), kind="stable")
+            want = np.zeros(w.size, bool)
+            want[order[: w.size - w.size // 2]] = True
+            assert np.array_equal((w != 0).reshape(-1), want), name
+        else:
+            assert zeros == int(np.sum(base[name] == 0)) == 0, name
+    # The same mask at every checkpoint; Adam moments and stored weights zero there.
+    first = masks[2]
+    assert all(all(np.array_equal(m[p], first[p]) for p in first) for m in masks.values())
+    params = dotted(jax.device_get(state["params"]))
+    adam = state["opt_state"][1]
+    for moments in (dotted(jax.device_get(adam.mu)), dotted(jax.device_get(adam.nu))):
+        for p, mask in first.items():
+            assert not np.any(moments[p][~mask]) and np.any(moments[p][mask]), p
+    for p, mask in first.items():
+        assert not np.any(params[p][~mask]), p
+    evals = _evals(out)
+    assert len(evals) == 3 and evals[-1] < evals[0]
+    report = json.loads((out / "pruning.json").read_text())
+    assert report["tensors"][targets[0]]["sparsity"] == 0.5
+
+
+def test_gradual_masks_only_lose_entries_up_to_the_target(runs):
+    cfg, masks, _ = runs["gradual"]
+    steps = sorted(masks)
+    for a, b in zip(steps, steps[1:], strict=False):
+        for p in masks[a]:
+            assert not np.any(masks[b][p] & ~masks[a][p]), (a, b, p)  # superset of zeros
+    fractions = [np.mean([1 - m.mean() for m in masks[s].values()]) for s in steps]
+    assert fractions == sorted(fractions) and fractions[0] < 0.7
+    rule = cfg.prune.rules[0]
+    expect = [rule.sparsity_at(s, 0.7) for s in steps]
+    for s, want in zip(steps, expect, strict=True):
+        for p, m in masks[s].items():
+            pruned = m.size - int(m.sum())
+            assert pruned == math.floor(want * m.size + 1e-6), (s, p)
+    out = Path(cfg.train.output_dir)
+    w = _hf(out / "hf")["model.layers.0.mlp.up_proj.weight"]
+    assert int(np.sum(w == 0)) == math.floor(0.7 * w.size)
+    evals = _evals(out)
+    assert evals[-1] < evals[0]
+
+
+@pytest.mark.parametrize(
+    "scenario, changed",
+    [
+        ("rows", {"intermediate_size": 64}),
+        ("heads", {"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16}),
+    ],
+)
+def test_structured_runs_ship_the_smaller_model(runs, tiny_base, scenario, changed):
+    cfg, masks, _ = runs[scenario]
+    out = Path(cfg.train.output_dir)
+    config = json.loads((out / "hf" / "config.json").read_text())
+    for key, value in changed.items():
+        assert config[key] == value, key
+    base_cfg = json.loads((Path(tiny_base) / "config.json").read_text())
+    assert all(config[k] == base_cfg[k] for k in ("hidden_size", "num_hidden_layers"))
+    first = masks[2]
+    assert all(all(np.array_equal(m[p], first[p]) for p in first) for m in masks.values())
+    report = json.loads((out / "pruning.json").read_text())
+    fractions = {n: t["sparsity"] for n, t in report["tensors"].items()}
+    assert fractions and all(f == 0.5 for f in fractions.values())
+    evals = _evals(out)
+    assert evals[-1] < evals[0]
+
+
+def test_bad_prune_settings_are_refused_with_the_field():
+    llama = tiny_config("tiny-llama")
+    shapes = {
+        "model.layers.0.self_attn.q_proj.weight": (64, 64),
+        "model.layers.0.self_attn.k_proj.weight": (32, 64),
+        "model.layers.0.self_attn.v_proj.weight": (32, 64),
+        "model.layers.0.self_attn.o_proj.weight": (64, 64),
+        "model.layers.0.mlp.up_proj.weight": (128, 64),
+    }
+    cases = [
+        (["prune.pattern=heads", "prune.sparsity=0.75"], "groups of 2"),
+        (["prune.modules=[nothing_here]"], "match no prunable module"),
+        (["prune.pattern=heads", "prune.num_heads=12"], "model has 4 attention heads"),
+    ]
+    for sets, fragment in cases:
+        cfg = load_config(None, sets)
+        with pytest.raises(UserError, match=fragment):
+            Pruner(cfg.prune, llama, shapes)
+    for sets, fragment in [
+        (["prune.sparsity=1.0"], "prune.rules.0.sparsity"),
+        (["prune.method=topk"], "prune.rules.0.method"),
+        (["prune.start_step=5", "prune.end_step=3"], "end_step 3 must come after"),
+        (["prune.sparsity=0.5", "lora.rank=4"], "choose one of"),
+    ]:
+        with pytest.raises(UserError, match=fragment):
+            load_config(None, sets)

@@ -1,0 +1,140 @@
+"""Pruning in the reference: masks as parametrizations, cut by the shared `Pruner`.
+
+DeepSpeed 0.19 no longer prunes, so the reference does it itself, with the JAX side's
+semantics. Each targeted tensor becomes a parametrization (`torch.nn.utils.parametrize`):
+`where(mask, original, 0)`, with the bool mask a buffer (saved in DeepSpeed's checkpoints
+with the module, so a resumed run keeps its masks). The gradient of a pruned entry is
+therefore zero, as in the JAX forward, and so are its Adam moments when it was pruned
+before training; the effective weights hold exact zeros whatever the ZeRO stage keeps as
+its master copy. Which entries are cut is decided by `interop.pruning.Pruner` on the HF
+tensors, the one implementation both backends call, so equal weights give equal masks.
+
+Cuts after step 0 read the current effective weights (gathered under ZeRO-3) before the
+step's forward and only change the mask buffers. The reference implements the
+`magnitude` and `random` methods without regularization; the JAX backend does the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import deepspeed
+import numpy as np
+import torch
+from torch.nn.utils import parametrize
+
+from interop.checkpoints.hf import HFCheckpointReader
+from interop.checkpoints.hf_write import write_hf_checkpoint
+from interop.config import RunConfig
+from interop.errors import UserError
+from interop.outputs import write_json
+from interop.pruning.masks import Pruner
+from interop.pruning.shrink import pruning_report, shrink
+
+
+class Masked(torch.nn.Module):
+    """weight -> where(mask, weight, 0); the mask is a bool buffer."""
+
+    def __init__(self, mask: np.ndarray):
+        super().__init__()
+        self.register_buffer("mask", torch.from_numpy(np.ascontiguousarray(mask)))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.mask, weight, torch.zeros((), dtype=weight.dtype))
+
+
+def check_supported(cfg: RunConfig) -> None:
+    p = cfg.prune
+    for index, rule in enumerate(p.rules):
+        if rule.method == "movement":
+            raise UserError(
+                f"prune.rules[{index}].method: movement is not in the PyTorch reference "
+                "(magnitude and random are); train it with jax-sft"
+            )
+    if p.regularization != "none" and p.reg_weight > 0:
+        raise UserError(
+            f"prune.regularization: {p.regularization} is not in the PyTorch reference; "
+            "train it with jax-sft"
+        )
+
+
+def pruner_for(model: torch.nn.Module, cfg: RunConfig) -> Pruner:
+    shapes = {n: tuple(t.shape) for n, t in model.state_dict().items()}
+    return Pruner(cfg.prune, model.config.to_dict(), shapes)
+
+
+def attach(model: torch.nn.Module, cfg: RunConfig) -> Pruner:
+    """Mask every targeted tensor of `model` (cut at once when the schedule says step 0,
+    zeroing the pruned weights); the run's Pruner."""
+    check_supported(cfg)
+    pruner = pruner_for(model, cfg)
+    masks = pruner.initial_masks()
+    if pruner.cuts_at(0):
+        state = model.state_dict()
+        weights = {n: state[n].detach().float().numpy() for n in pruner.ranked}
+        masks = pruner.cut(0, weights, masks)
+    for name, mask in masks.items():
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner)
+        with torch.no_grad():
+            getattr(module, attr).mul_(torch.from_numpy(mask))
+        parametrize.register_parametrization(module, attr, Masked(mask))
+    return pruner
+
+
+def masked_modules(model: torch.nn.Module) -> Iterator[tuple[str, Masked]]:
+    """(HF tensor name, its Masked parametrization) for every masked tensor."""
+    for name, module in model.named_modules():
+        if isinstance(module, Masked):
+            owner, _, rest = name.partition(".parametrizations.")
+            yield f"{owner}.{rest.rpartition('.')[0]}", module
+
+
+def masks(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {name: m.mask.cpu().numpy() for name, m in masked_modules(model)}
+
+
+def cut(model: torch.nn.Module, pruner: Pruner, done: int) -> None:
+    """The cut due once `done` steps are done (a no-op between cuts): new mask buffers
+    from the current effective weights."""
+    if done == 0 or not pruner.cuts_at(done):
+        return
+    owners = {name: name.rpartition(".") for name in pruner.ranked}
+    weights = {}
+    for name, (owner, _, attr) in owners.items():
+        module = model.get_submodule(owner)
+        original = module.parametrizations[attr].original
+        with deepspeed.zero.GatheredParameters([original]), torch.no_grad():
+            weights[name] = getattr(module, attr).detach().float().cpu().numpy()
+    new = pruner.cut(done, weights, masks(model))
+    for name, m in masked_modules(model):
+        m.mask.copy_(torch.from_numpy(new[name]))
+
+
+def set_masks(model: torch.nn.Module, found: dict[str, np.ndarray]) -> None:
+    """Load a run's masks into a freshly built module (the export's)."""
+    for name, m in masked_modules(model):
+        m.mask.copy_(torch.from_numpy(found[name]))
+
+
+def unmask(model: torch.nn.Module) -> None:
+    """Remove the parametrizations, leaving the masked weights (exact zeros) in place."""
+    for name, _ in list(masked_modules(model)):
+        owner, _, attr = name.rpartition(".")
+        parametrize.remove_parametrizations(model.get_submodule(owner), attr)
+
+
+def ship(hf_dir: Path, report: Path, pruner: Pruner, found: dict[str, np.ndarray]) -> None:
+    """Rewrite the dense export in `hf_dir` as the model pruning ships (structures cut out
+    where its config can say so) and write `report` (pruning.json)."""
+    config = json.loads((hf_dir / "config.json").read_text())
+    with HFCheckpointReader(hf_dir) as reader:
+        tensors = dict(reader)
+    new_config, cut_tensors, notes = shrink(config, tensors, pruner, found)
+    if new_config != config:
+        for old in hf_dir.glob("model*.safetensors*"):
+            old.unlink()
+        write_hf_checkpoint(hf_dir, cut_tensors.items(), new_config)
+    write_json(report, pruning_report(pruner, found, shrunk=new_config != config, notes=notes))
