@@ -6,7 +6,9 @@ exactly zero. Each `PruneRule` is one technique (DeepSpeed's `sparse_pruning`,
 
 - `method`: how entries are ranked: `magnitude` (largest |W| stays, DeepSpeed's `l1`),
   `random` (seeded), `movement` (Sanh et al. 2020: importance accumulates -grad * W over
-  the steps before each cut).
+  the steps before each cut), `topk` (DeepSpeed's learned scores: every step keeps the
+  items with the top scores, which train with the weights through a straight-through
+  estimator, so a pruned entry can come back; its ratio holds from `start_step` on).
 - `pattern`: what one ranked item is: `unstructured` (an entry, ranked within its
   tensor), `global` (an entry, ranked across all tensors of a group), `rows` (an FFN
   neuron: a row of the up/gate projections with the matching column of the down
@@ -84,7 +86,7 @@ class PruneGroup(_Section):
 class PruneRule(_Section):
     """One pruning technique (see the module docstring)."""
 
-    method: Literal["magnitude", "random", "movement"] = "magnitude"
+    method: Literal["magnitude", "random", "movement", "topk"] = "magnitude"
     pattern: Literal["unstructured", "global", "rows", "heads"] = "unstructured"
     sparsity: Sparsity = 0.5
     modules: list[str] | None = None  # None: every module the pattern can cut
@@ -106,6 +108,13 @@ class PruneRule(_Section):
                 f"end_step {self.end_step} must come after start_step {self.start_step} "
                 "(leave it out for one cut)"
             )
+        if self.method == "topk" and self.end_step is not None:
+            raise ValueError(
+                "method topk keeps its ratio from start_step on (DeepSpeed's "
+                "schedule_offset); end_step is for magnitude, random and movement"
+            )
+        if self.method == "topk" and self.pattern == "global":
+            raise ValueError("method topk ranks within each tensor or structure, not global")
         return self
 
     def resolved_groups(self) -> list[PruneGroup]:

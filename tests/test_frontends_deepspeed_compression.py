@@ -239,12 +239,8 @@ SHARED = f"{SP}.shared_parameters"
     ("block", "message"),
     [
         (
-            {"sparse_pruning": _technique({"method": "topk"})},
-            f"{SHARED}.method: topk is not implemented here (l1 is)",
-        ),
-        (
             {"sparse_pruning": _technique({"method": "snip_momentum", "dense_ratio": 0.4})},
-            f"{SHARED}.method: snip_momentum is not implemented here (l1 is)",
+            f"{SHARED}.method: snip_momentum is not implemented here (l1 and topk are)",
         ),
         (
             {"row_pruning": _technique({"method": "l2", "dense_ratio": 0.5})},
@@ -252,9 +248,12 @@ SHARED = f"{SP}.shared_parameters"
             "snip_momentum",
         ),
         (
-            {"head_pruning": {"shared_parameters": {"enabled": True, "num_heads": 4}}},
-            f"{ROOT}.head_pruning.shared_parameters.method: topk (DeepSpeed's default for "
-            "head_pruning) is not implemented here (l1 is)",
+            {
+                "sparse_pruning": _technique(
+                    {"method": "topk", "schedule_offset": 2, "schedule_offset_end": 9}
+                )
+            },
+            f"{SHARED}.schedule_offset_end: 9, but topk keeps dense_ratio from schedule_offset on",
         ),
         (
             {"head_pruning": _technique({"dense_ratio": 0.5})},
@@ -366,10 +365,26 @@ def test_train_with_a_bad_compression_block_exits_2_with_one_line(
     from jax_sft import cli  # JAX is imported for the mesh; no model is built
 
     monkeypatch.chdir(tmp_path)
-    path = _write(tmp_path, {"sparse_pruning": _technique({"method": "topk"})})
+    path = _write(tmp_path, {"sparse_pruning": _technique({"method": "snip_momentum"})})
     assert cli.main(["train", "--deepspeed_config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert f"{SHARED}.method: topk is not implemented here (l1 is)" in err[0]
+    assert f"{SHARED}.method: snip_momentum is not implemented here (l1 and topk are)" in err[0]
     assert "Traceback" not in err[0]
     assert list(tmp_path.iterdir()) == [path]  # nothing was written
+
+
+def test_topk_is_learned_scores_and_head_pruning_defaults_to_it(tmp_path: Path) -> None:
+    block = {
+        "sparse_pruning": _technique({"method": "topk", "schedule_offset": 3, "dense_ratio": 0.5}),
+        "head_pruning": {
+            "shared_parameters": {"enabled": True, "num_heads": 4},
+            "different_groups": {"hp": {"params": {"dense_ratio": 0.5}, "modules": ["o_proj"]}},
+        },
+    }
+    overrides, _, path = _read(tmp_path, block)
+    rules = _validated(path, overrides).prune.rules
+    assert [(r.pattern, r.method, r.start_step) for r in rules] == [
+        ("unstructured", "topk", 3),
+        ("heads", "topk", 0),
+    ]

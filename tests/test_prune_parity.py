@@ -39,3 +39,42 @@ def test_ds_compression_configs_prune_alike_on_both_backends(parity_bases, tmp_p
     if ds == "ds_prune_rows.json":
         config = json.loads((out / "jax" / "hf" / "config.json").read_text())
         assert config["intermediate_size"] == 64 and sides[0]["shrunk"]
+
+
+def test_learned_topk_masks_agree_across_frameworks(parity_bases, tmp_path):
+    """Scores trained by each framework's own AdamW pick the same top half every step."""
+    out = tmp_path / "parity"
+    argv = ["parity", str(ROOT / "configs" / "parity-tiny.yaml"), "--steps", "8", "--json"]
+    for setting in [
+        f"model.path={parity_bases['tiny-llama']}",
+        "model.tiny=null",
+        f"train.output_dir={out}",
+        "prune.method=topk",
+        "prune.sparsity=0.5",
+        "prune.start_step=2",
+    ]:
+        argv += ["--set", setting]
+    assert cli.main(argv) == 0
+    report = json.loads((out / "parity.json").read_text())
+    assert report["max_rel_loss_diff"] <= 1e-4 and report["zero_mismatches"] == 0
+    sides = [json.loads((out / side / "pruning.json").read_text()) for side in ("jax", "torch")]
+    assert sides[0]["tensors"] == sides[1]["tensors"]
+    assert {t["sparsity"] for t in sides[0]["tensors"].values()} == {0.5}
+
+
+@pytest.mark.parametrize(
+    "sets, fragment",
+    [
+        (["prune.method=movement"], "movement is not in the PyTorch reference"),
+        (["prune.method=topk", "prune.pattern=rows"], "topk with pattern rows"),
+        (["prune.method=topk", "parallel.zero_stage=3"], "topk under ZeRO-3 is not supported"),
+        (["prune.regularization=l1", "prune.reg_weight=0.1"], "l1 is not in the PyTorch"),
+    ],
+)
+def test_the_reference_refuses_what_it_does_not_implement(sets, fragment):
+    from interop.config import load_config
+    from interop.errors import UserError
+    from torch_ref.train.prune import check_supported
+
+    with pytest.raises(UserError, match=fragment):
+        check_supported(load_config(None, sets))

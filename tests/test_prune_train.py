@@ -24,6 +24,7 @@ SCENARIOS = {
     "gradual": {"pattern": "unstructured", "sparsity": 0.7, "end_step": 8, "every": 2},
     "rows": {"pattern": "rows", "sparsity": 0.5, "start_step": 2},
     "heads": {"pattern": "heads", "sparsity": 0.5, "start_step": 2},
+    "topk": {"method": "topk", "pattern": "unstructured", "sparsity": 0.5, "start_step": 2},
 }
 
 
@@ -46,6 +47,9 @@ def runs(tiny_base, tmp_path_factory):
             reader.load_checkpoint(tag=str(step))
             masks[step] = {p: np.asarray(m) for p, m in dotted(reader.state["masks"]).items()}
         final = reader.state
+        if name == "topk":
+            reader.load_checkpoint(tag="2")
+            masks["scores at 2"] = jax.device_get(reader.state["scores"])
         reader.close()
         out[name] = (cfg, masks, final)
     return out
@@ -114,6 +118,24 @@ def test_gradual_masks_only_lose_entries_up_to_the_target(runs):
     assert evals[-1] < evals[0]
 
 
+def test_a_gradual_run_resumed_mid_schedule_ends_where_the_straight_run_did(runs):
+    cfg, masks, final = runs["gradual"]
+    engine = make_engine(cfg)
+    path, _ = engine.load_checkpoint(Path(cfg.train.output_dir) / "checkpoints", tag="4")
+    assert path is not None and engine.global_steps == 4
+    while engine.global_steps < STEPS:
+        engine.train_step()
+    got = {p: np.asarray(m) for p, m in dotted(engine.state["masks"]).items()}
+    assert all(np.array_equal(got[p], masks[STEPS][p]) for p in masks[STEPS])
+    same = jax.tree.map(
+        lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+        engine.state["params"],
+        final["params"],
+    )
+    assert all(jax.tree.leaves(same))
+    engine.close()
+
+
 @pytest.mark.parametrize(
     "scenario, changed",
     [
@@ -138,6 +160,28 @@ def test_structured_runs_ship_the_smaller_model(runs, tiny_base, scenario, chang
     assert evals[-1] < evals[0]
 
 
+def test_topk_scores_train_and_choose_the_shipped_zeros(runs):
+    cfg, masks, state = runs["topk"]
+    first = masks.pop("scores at 2")["entries"]
+    last = jax.device_get(state["scores"]["entries"])
+    moved = [
+        float(np.abs(a - b).max())
+        for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(last), strict=True)
+    ]
+    assert len(moved) == 14 and min(moved) > 0  # every tensor's scores trained
+    for step, found in masks.items():
+        for p, m in found.items():
+            assert m.size - int(m.sum()) == m.size // 2, (step, p)  # top half of the scores
+    final = masks[STEPS]
+    changed = sum(int(np.sum(masks[2][p] != final[p])) for p in final)
+    assert changed > 0  # the mask follows the scores: pruned entries came back
+    tuned = _hf(Path(cfg.train.output_dir) / "hf")
+    w = tuned["model.layers.1.mlp.down_proj.weight"]
+    assert np.array_equal(w != 0, final["layers.1.mlp.down_proj.kernel"].T)
+    evals = _evals(Path(cfg.train.output_dir))
+    assert evals[-1] < evals[0]
+
+
 def test_bad_prune_settings_are_refused_with_the_field():
     llama = tiny_config("tiny-llama")
     shapes = {
@@ -158,7 +202,8 @@ def test_bad_prune_settings_are_refused_with_the_field():
             Pruner(cfg.prune, llama, shapes)
     for sets, fragment in [
         (["prune.sparsity=1.0"], "prune.rules.0.sparsity"),
-        (["prune.method=topk"], "prune.rules.0.method"),
+        (["prune.method=snip"], "prune.rules.0.method"),
+        (["prune.method=topk", "prune.end_step=9"], "topk keeps its ratio"),
         (["prune.start_step=5", "prune.end_step=3"], "end_step 3 must come after"),
         (["prune.sparsity=0.5", "lora.rank=4"], "choose one of"),
     ]:

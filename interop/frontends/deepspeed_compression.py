@@ -7,7 +7,7 @@ true becomes one `PruneRule` (see `interop.prune_config`):
     compression_training.<technique>          prune.rules[i]
       sparse_pruning / row_pruning / head_pruning
                                                 pattern unstructured / rows / heads
-      shared_parameters.method: l1              method: magnitude
+      shared_parameters.method: l1 / topk       method: magnitude / topk (learned scores)
       shared_parameters.schedule_offset         start_step (default 0)
       shared_parameters.schedule_offset_end     end_step when after schedule_offset
                                                 (gradual, on the cubic schedule); else
@@ -27,15 +27,17 @@ module. A ratio r keeps ceil(r * n) of n entries, neurons or heads, as DeepSpeed
 Where DeepSpeed's last code and its docs disagree, the docs win: `schedule_offset`
 defaults to 0 (code: 1000), a group's `dense_ratio` to 0.5 (code: required) and its
 `modules` to every module (code: "*", which is no regex). DeepSpeed's head pruning knew
-only `topk`; `l1` here ranks heads by magnitude, as rows are ranked. The docs list
+only `topk` (its default here too); `l1` here ranks heads by magnitude, as rows are
+ranked. `topk` keeps its ratio from `schedule_offset` on, so with it a
+`schedule_offset_end` after the offset is refused. The docs list
 `schedule_offset_end`, `schedule_offset_stride`, `dense_ratio` and `excluded_modules`
 for sparse pruning only; they mean the same for rows and heads here.
 
-Refused by name (a UserError, exit 2): the learned methods `topk` and `snip_momentum`,
-`block_pattern`, the enabled techniques this project lacks (`channel_pruning`,
-`weight_quantization`, `activation_quantization`, `layer_reduction`) and any key the docs
-do not list. A technique that is not enabled adds nothing and leaves a note; the names of
-its keys are still checked, so a misspelt `enabled` is not read as false.
+Refused by name (a UserError, exit 2): the method `snip_momentum`, `block_pattern`, the
+enabled techniques this project lacks (`channel_pruning`, `weight_quantization`,
+`activation_quantization`, `layer_reduction`) and any key the docs do not list. A
+technique that is not enabled adds nothing and leaves a note; the names of its keys are
+still checked, so a misspelt `enabled` is not read as false.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ NOT_HERE = {
     "activation_quantization": "quantization-aware training",
     "layer_reduction": "it needs a teacher model for distillation",
 }
-LEARNED_METHODS = ("topk", "snip_momentum")
+METHODS = {"l1": "magnitude", "topk": "topk"}
+NOT_IMPLEMENTED_METHODS = ("snip_momentum",)
 GROUP_DENSE_RATIO = 0.5  # the docs' default for a group without params.dense_ratio
 _SHARED = (
     "enabled",
@@ -170,19 +173,23 @@ def _rule(r: _Reader, technique: str, section: Any) -> dict[str, Any] | None:
         r.note(technique, "is not enabled (shared_parameters.enabled); it adds no pruning rule")
         return None
     method = shared.get("method", "topk" if technique == "head_pruning" else "l1")
-    if method in LEARNED_METHODS:
-        default = "" if "method" in shared else f" (DeepSpeed's default for {technique})"
-        raise r.error(f"{key}.method", f": {method}{default} is not implemented here (l1 is)")
-    if method != "l1":
-        raise r.error(
-            f"{key}.method", f": {method!r} is not one of l1, {', '.join(LEARNED_METHODS)}"
-        )
+    if method in NOT_IMPLEMENTED_METHODS:
+        raise r.error(f"{key}.method", f": {method} is not implemented here (l1 and topk are)")
+    if method not in METHODS:
+        known = ", ".join([*METHODS, *NOT_IMPLEMENTED_METHODS])
+        raise r.error(f"{key}.method", f": {method!r} is not one of {known}")
     if "block_pattern" in shared:
         raise r.error(
             f"{key}.block_pattern", f": {shared['block_pattern']!r} is not implemented here"
         )
-    rule: dict[str, Any] = {"method": "magnitude", "pattern": PATTERNS[technique]}
+    rule: dict[str, Any] = {"method": METHODS[method], "pattern": PATTERNS[technique]}
     rule.update(_schedule(r, key, shared))
+    if method == "topk" and "end_step" in rule:
+        raise r.error(
+            f"{key}.schedule_offset_end",
+            f": {rule['end_step']}, but topk keeps dense_ratio from schedule_offset on "
+            "(a gradual schedule is for l1)",
+        )
     if "excluded_modules" in shared:
         rule["excluded_modules"] = r.strings(f"{key}.excluded_modules", shared["excluded_modules"])
     if technique == "head_pruning":

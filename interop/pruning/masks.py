@@ -48,6 +48,8 @@ class Pruner:
         new = {n: np.array(masks[n], bool) for n in self.targets}
         for unit in self.cuts_at(done):
             rule = self.cfg.rules[unit.rule]
+            if rule.method == "topk":
+                continue  # learned: the backends keep the top scores at every step
             keep = unit.keep_count(rule.sparsity_at(done, unit.group.sparsity))
             alive = self.alive(unit, new)
             scores = self._scores(unit, rule.method, weights, movement, done)
@@ -55,6 +57,26 @@ class Pruner:
             for name, mask in self.expand(unit, chosen).items():
                 new[name] &= mask
         return new
+
+    def learned(self) -> list[Unit]:
+        """The units whose masks follow learned scores (`topk`)."""
+        return [u for u in self.units if self.cfg.rules[u.rule].method == "topk"]
+
+    def initial_scores(self, unit: Unit) -> np.ndarray:
+        """A learned unit's starting scores, as DeepSpeed initialized its mask scores
+        (kaiming-uniform: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) over a [out, in] tensor, a
+        [neurons, 1] column for rows, a [1, heads] row for heads), seeded per unit:
+        one value per entry (HF layout) or per structure."""
+        rng = np.random.default_rng([self.cfg.seed, zlib.crc32(unit.key.encode())])
+        if unit.structured:
+            rows = self.cfg.rules[unit.rule].pattern == "rows"
+            fan_in = 1 if rows else unit.items * unit.heads_per_item
+            shape: tuple[int, ...] = (unit.items,)
+        else:
+            shape = self.shapes[unit.ranked[0]]
+            fan_in = shape[-1]
+        bound = 1.0 / np.sqrt(fan_in)
+        return rng.uniform(-bound, bound, shape).astype(np.float32)
 
     def alive(self, unit: Unit, masks: Mapping[str, np.ndarray]) -> np.ndarray:
         """Which of the unit's items the masks still keep."""

@@ -78,7 +78,7 @@ def run_variant(cfg: RunConfig, name: str) -> dict:
     prepare_output(out, overwrite=True, resume=False)
     engine = make_engine(cfg)
     memory = engine.train_step_memory()
-    trained = engine.state[engine.mode.key]
+    trained = engine.mode.trained(engine.state)
     row = {
         "name": name,
         "trainable": int(sum(x.size for x in jax.tree.leaves(trained))),

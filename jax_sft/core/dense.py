@@ -13,6 +13,7 @@ class DenseTraining(TrainingMode):
     """Every parameter trains; weight decay follows the shared no-decay rule."""
 
     key = "params"
+    sharded_trained = True
 
     def __init__(self, table: NameTable):
         self.table = table

@@ -46,7 +46,7 @@ def make_micro_steps(
     def grad(state: TrainState, mb: dict) -> tuple[jax.Array, dict]:
         loss, grads = jax.value_and_grad(
             lambda t: _mean_rank_loss(graphdef, mode.params(state, t), mb, ranks)
-        )(state[mode.key])
+        )(mode.trained(state))
         return loss, jax.tree.map(lambda g: g / accumulation, grads)
 
     def loss(state: TrainState, mb: dict) -> jax.Array:

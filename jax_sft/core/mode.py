@@ -8,7 +8,10 @@ step know a mode only through this protocol:
 - `start(ctx)` (a classmethod): what trains and how it is chosen (scores, selection, an
   adapter continued); returns the mode and its initial trees, on the host.
 - `key`: the state key of the trained tree, the only tree the optimizer ever sees;
-  frozen leaves are simply not in it, so they carry no optimizer state.
+  frozen leaves are simply not in it, so they carry no optimizer state. A mode that
+  trains more than one state tree (pruning with learned scores) overrides `trained` /
+  `with_trained`; `sharded_trained` says whether the trained tree is placed like the
+  parameters (dense, pruning) or replicated (small trees: sparse values, LoRA).
 - `params(state, trained)`: the model's parameters, computed inside the jit.
 - `penalty(trained)`: an optional loss term; `decay_mask(trained)`: which trained
   entries take weight decay; `lr_scales(trained)`: per-leaf learning-rate multipliers.
@@ -65,11 +68,20 @@ class TrainingMode:
     """The protocol, with the defaults most modes keep (see the module docstring)."""
 
     key: ClassVar[str] = "trained"
+    sharded_trained: ClassVar[bool] = False
     adapter_kind: ClassVar[str | None] = None  # the adapter format a run of this mode continues
 
     @classmethod
     def start(cls, ctx: ModeStart) -> tuple[TrainingMode, dict]:
         raise NotImplementedError
+
+    def trained(self, state: Mapping) -> Mapping:
+        """The tree the optimizer updates."""
+        return state[self.key]
+
+    def with_trained(self, state: Mapping, trained: Mapping) -> dict:
+        """`state` with the trained tree replaced."""
+        return {**state, self.key: trained}
 
     def params(self, state: Mapping, trained: Mapping | None = None) -> Mapping:
         raise NotImplementedError

@@ -39,7 +39,7 @@ def init_state(
     state = {"params": params}
     state.update({k: place(v, placement.state[k]) for k, v in arrays.items()})
     init = jax.jit(optimizer.init, out_shardings=placement.state["opt_state"])
-    state["opt_state"] = init(state[mode.key])
+    state["opt_state"] = init(mode.trained(state))
     scalars = {
         "step": jnp.zeros((), jnp.int32),
         "rng": jax.random.key_data(jax.random.key(seed)),
@@ -60,13 +60,13 @@ def apply_gradients(
 ) -> tuple[TrainState, dict]:
     """One optimizer update of the trained tree from its averaged gradients (the mode's
     penalty added, laid out as the ZeRO stage asks); (new state, the gradients used)."""
-    trained = state[mode.key]
+    trained = mode.trained(state)
     if mode.penalty(trained) is not None:
         grads = jax.tree.map(jnp.add, grads, jax.grad(mode.penalty)(trained))
     grads = jax.lax.with_sharding_constraint(grads, placement.grads)
     updates, opt_state = optimizer.update(grads, state["opt_state"], trained)
     new = jax.tree.map(lambda p, u: p - lr * u, trained, updates)
-    new_state = {**state, mode.key: new, "opt_state": opt_state, "step": state["step"] + 1}
+    new_state = mode.with_trained(state, new) | {"opt_state": opt_state, "step": state["step"] + 1}
     return mode.after_update(trained, new_state, grads, lr), grads
 
 
@@ -83,7 +83,7 @@ def make_train_step(
     """
 
     def step(state: TrainState, batch: dict, lr: jax.Array) -> tuple[TrainState, dict]:
-        trained = state[mode.key]
+        trained = mode.trained(state)
         value_and_grad = jax.value_and_grad(
             lambda t, mb: forward_loss(graphdef, mode.params(state, t), mb)[0]
         )

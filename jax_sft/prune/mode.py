@@ -2,13 +2,15 @@
 
 The state keeps the parameters under "params" (trained, as in dense fine-tuning), one
 bool mask per targeted parameter under "masks" (nested like the parameters, so each mask
-is placed like its weight), and, for `movement` rules, the accumulated -grad x W under
-"movement". Which entries a cut removes is decided by `interop.pruning.Pruner` in the
-Hugging Face layout, the one implementation both backends share: at a cut the ranked
-weights are gathered to the host, turned into HF tensors, ranked, and the masks come back
-in our layout. How the zeros are held is `prune.updates`. The export is the dense model
-with exact zeros, or, for rows and heads, the smaller model with those structures cut
-out (`interop.pruning.shrink`), and `pruning.json` beside it.
+is placed like its weight), for `movement` rules the accumulated -grad x W under
+"movement", and for `topk` rules the learned scores under "scores" (trained with the
+parameters: the optimizer then sees {"params", "scores"}, see `prune.topk`). Which
+entries a cut removes is decided by `interop.pruning.Pruner` in the Hugging Face
+layout, the one implementation both backends share: at a cut the ranked weights are
+gathered to the host, turned into HF tensors, ranked, and the masks come back in our
+layout. How the zeros are held is `prune.updates`. The export is the dense model with
+exact zeros, or, for rows and heads, the smaller model with those structures cut out
+(`interop.pruning.shrink`), and `pruning.json` beside it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from interop.pruning.shrink import pruning_report, shrink
 from jax_sft.core.mode import ModeStart, TrainingMode
 from jax_sft.core.trees import dotted, hf_decay_mask, leaf_at, nested, update_leaves
 from jax_sft.models.hf_names import NameTable
+from jax_sft.prune.topk import LearnedMasks
 from jax_sft.prune.updates import group_shrink, masked, soft_threshold, to_hf, to_ours, zero_pruned
 from jax_sft.sharding.distributed import to_host
 from jax_sft.sharding.placement import place
@@ -34,6 +37,7 @@ class PruneTraining(TrainingMode):
     """Dense training under masks (see the module docstring)."""
 
     key = "params"
+    sharded_trained = True
 
     def __init__(self, ctx: ModeStart):
         self.cfg = ctx.cfg.prune
@@ -47,6 +51,15 @@ class PruneTraining(TrainingMode):
         self.targets = [self.ours[n] for n in self.pruner.targets]
         self.ranked = [self.ours[n] for n in self.pruner.ranked]
         self.movement = any(r.method == "movement" for r in self.cfg.rules)
+        self.static = sorted(
+            {self.ours[m.name] for u in self.pruner.units for m in u.members}
+            - {self.ours[m.name] for u in self.pruner.learned() for m in u.members}
+        )
+        self.learned = (
+            LearnedMasks(self.pruner, self.ours, self.hf, self.shapes)
+            if self.pruner.learned()
+            else None
+        )
         self.last_cut = self.cfg.last_cut()
         if self.cfg.regularization == "group_lasso" and not any(
             u.structured for u in self.pruner.units
@@ -63,6 +76,9 @@ class PruneTraining(TrainingMode):
         if mode.movement:
             zeros = {p: np.zeros(mode.shapes[p], np.float32) for p in mode.ranked}
             arrays["movement"] = nested(zeros)
+        if mode.learned is not None:
+            scores = mode.learned.initial()
+            arrays["scores"] = {"entries": nested(scores["entries"]), "units": scores["units"]}
         return mode, arrays
 
     def _hf_host(self, tree: Mapping, paths: list[str]) -> dict[str, np.ndarray]:
@@ -80,18 +96,46 @@ class PruneTraining(TrainingMode):
             out[p] = self.hf[p][1].to_ours(mask, self.shapes[p])
         return out
 
-    def params(self, state: Mapping, trained: Mapping | None = None) -> Mapping:
-        trained = state["params"] if trained is None else trained
-        masks = state["masks"]
+    def trained(self, state: Mapping) -> Mapping:
+        if self.learned is None:
+            return state["params"]
+        return {"params": state["params"], "scores": state["scores"]}
+
+    def with_trained(self, state: Mapping, trained: Mapping) -> dict:
+        if self.learned is None:
+            return {**state, "params": trained}
+        return {**state, "params": trained["params"], "scores": trained["scores"]}
+
+    def _weights(self, trained: Mapping) -> Mapping:
+        return trained if self.learned is None else trained["params"]
+
+    def _held(self, weights: Mapping, masks: Mapping) -> dict:
+        """`weights` with the masks of the scheduled (not learned) rules applied."""
         return update_leaves(
-            trained, {p: (lambda w, p=p: masked(w, leaf_at(masks, p))) for p in self.targets}
+            weights, {p: (lambda w, p=p: masked(w, leaf_at(masks, p))) for p in self.static}
+        )
+
+    def params(self, state: Mapping, trained: Mapping | None = None) -> Mapping:
+        trained = self.trained(state) if trained is None else trained
+        out = self._held(self._weights(trained), state["masks"])
+        if self.learned is None:
+            return out
+        learned = self.learned.masks(trained["scores"], state["step"])
+        return update_leaves(
+            out, {p: (lambda w, p=p: w * learned[p].astype(w.dtype)) for p in learned}
         )
 
     def decay_mask(self, trained: Mapping) -> Mapping:
-        return hf_decay_mask(trained, self.table)
+        """The no-decay rule on the parameters; learned scores decay (DeepSpeed-Chat's
+        rule on their names)."""
+        weights = hf_decay_mask(self._weights(trained), self.table)
+        if self.learned is None:
+            return weights
+        return {"params": weights, "scores": jax.tree.map(lambda _: True, trained["scores"])}
 
     def after_update(self, old: Mapping, state: dict, grads: Mapping, lr: jax.Array) -> dict:
         out = dict(state)
+        old = self._weights(old)
         if self.movement:
             out["movement"] = update_leaves(
                 state["movement"],
@@ -103,7 +147,13 @@ class PruneTraining(TrainingMode):
             # Until the last cut: the regularization prepares the cuts, then stops.
             t = jnp.where(state["step"] - 1 < self.last_cut, t, 0.0)
             params = self._proximal(params, t)
-        out["params"] = self.params({"params": params, "masks": state["masks"]})
+        out["params"] = self._held(params, state["masks"])
+        if self.learned is not None:
+            # The masks the next step will use, for checkpoints and the export.
+            now = self.learned.masks(state["scores"], state["step"], learn=False)
+            out["masks"] = update_leaves(
+                state["masks"], {p: (lambda _, m=m: m > 0.5) for p, m in now.items()}
+            )
         return out
 
     def _proximal(self, params: Mapping, t: jax.Array) -> Mapping:
@@ -144,7 +194,7 @@ class PruneTraining(TrainingMode):
         """Parameters and Adam moments with the masks' pruned entries at zero."""
         by_keys = {
             tuple(int(k) if k.isdigit() else k for k in p.split(".")): leaf_at(masks, p)
-            for p in self.targets
+            for p in self.static
         }
         return zero_pruned(tree, by_keys)
 

@@ -66,7 +66,7 @@ def _item_sums(m: Member, x: jax.Array, items: int) -> jax.Array:
     return moved.reshape(m.segments, items, m.block, -1).sum(axis=(0, 2, 3))
 
 
-def _spread(m: Member, per_item: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def spread(m: Member, per_item: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     line = jnp.tile(jnp.repeat(per_item, m.block), m.segments)
     view = [1] * len(shape)
     view[m.axis] = line.size
@@ -84,4 +84,4 @@ def group_shrink(unit: Unit, tensors: dict[str, jax.Array], t: jax.Array) -> Non
     scale = jnp.where(norm > t, 1.0 - t / jnp.maximum(norm, 1e-30), 0.0)
     for m in unit.members:
         x = tensors[m.name]
-        tensors[m.name] = x * _spread(m, scale, x.shape).astype(x.dtype)
+        tensors[m.name] = x * spread(m, scale, x.shape).astype(x.dtype)

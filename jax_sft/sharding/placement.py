@@ -145,43 +145,48 @@ def build_placement(
     axes: Mapping,
     opt_state,
     *,
-    trained_key: str = "params",
+    trained: Mapping | None = None,
+    replicated: tuple[str, ...] = (),
     extra: Mapping | None = None,
 ) -> Placement:
     """The Placement of a run's train state, gradients and batches on `mesh`.
 
-    When the trained tree is not the parameters (sparse values, LoRA factors, a few
-    dense leaves), it is small: it, its gradients and its optimizer state are
-    replicated; the frozen base is placed like dense parameters. Other `extra` trees
-    are placed like the parameters where they mirror them (pruning masks: a nested tree
-    whose leaves have a parameter's path and shape), replicated elsewhere.
+    `trained` is the tree the optimizer updates (default: the parameters). When it is
+    small (sparse values, LoRA factors, a few dense leaves), its state key is among
+    `replicated`: it, its gradients and its optimizer state are replicated, and the
+    frozen base is placed like dense parameters. Otherwise every tree is placed like the
+    parameters where it mirrors them (a leaf with a parameter's path and shape: the
+    parameters themselves, Adam's moments, pruning masks and scores), replicated
+    elsewhere.
     """
     zero = zero_axes(zero_stage)
-    replicated = NamedSharding(mesh, P())
-    if trained_key != "params":
-        opt = jax.tree.map(lambda _: replicated, opt_state)
-        grads = jax.tree.map(lambda _: replicated, dict(extra)[trained_key])
+    whole = NamedSharding(mesh, P())
+    trained = params if trained is None else trained
+    if replicated:
+        opt = jax.tree.map(lambda _: whole, opt_state)
+        grads = jax.tree.map(lambda _: whole, trained)
     else:
         opt_specs = like_params(opt_state, param_specs(params, axes, mesh, zero["opt"]), params)
         opt = named(mesh, opt_specs)
-        grads = named(mesh, param_specs(params, axes, mesh, zero["grads"]))
+        grad_specs = param_specs(params, axes, mesh, zero["grads"])
+        grads = named(mesh, like_params(trained, grad_specs, params))
     specs = param_specs(params, axes, mesh, zero["params"])
     state = {
         "params": named(mesh, specs),
         **{
-            k: jax.tree.map(lambda _: replicated, v)
-            if k == trained_key
+            k: jax.tree.map(lambda _: whole, v)
+            if k in replicated
             else named(mesh, like_params(v, specs, params))
             for k, v in (extra or {}).items()
         },
         "opt_state": opt,
-        "step": replicated,
-        "rng": replicated,
+        "step": whole,
+        "rng": whole,
     }
     return Placement(
         state=state,
         grads=grads,
         batch=batch_sharding(mesh),
         rows=rows_sharding(mesh),
-        replicated=replicated,
+        replicated=whole,
     )

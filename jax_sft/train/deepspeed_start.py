@@ -25,7 +25,7 @@ from jax_sft.models import registry
 
 def start_from_deepspeed(engine, path: Path) -> int:
     """Set `engine`'s state from the DeepSpeed run's state at `path`; the step reached."""
-    if engine.mode.key != "params":
+    if engine.cfg.training_mode != "dense":
         raise UserError(
             f"train.resume_from: only a dense run continues a DeepSpeed run "
             f"(this one is {engine.cfg.training_mode})"

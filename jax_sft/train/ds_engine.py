@@ -119,7 +119,7 @@ class DeepSpeedEngine(Engine):
     def get_lr(self) -> list[float]:
         """The learning rate of each parameter group at the current step."""
         lr = self.lr(self.global_steps)
-        scales = self.mode.lr_scales(self.state[self.mode.key])
+        scales = self.mode.lr_scales(self.mode.trained(self.state))
         return [lr * s for s in sorted({1.0, *jax.tree.leaves(scales)})]
 
     def eval_batch(self, batch: dict) -> float:

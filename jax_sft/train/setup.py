@@ -156,7 +156,7 @@ def setup(
         notes=notes,
     )
     mode, arrays = mode_cls.start(ctx)
-    trained = params if mode.key == "params" else arrays[mode.key]
+    trained = mode.trained({"params": params, **arrays})
     optimizer = make_optimizer(cfg.optim, mode.decay_mask(trained), mode.lr_scales(trained))
     placement = build_placement(
         mesh,
@@ -164,7 +164,8 @@ def setup(
         params,
         axes,
         jax.eval_shape(optimizer.init, trained),
-        trained_key=mode.key,
+        trained=trained,
+        replicated=() if mode.sharded_trained else (mode.key,),
         extra=arrays,
     )
     state = init_state(params, arrays, mode, optimizer, cfg.train.seed, placement)

@@ -9,9 +9,12 @@ before training; the effective weights hold exact zeros whatever the ZeRO stage 
 its master copy. Which entries are cut is decided by `interop.pruning.Pruner` on the HF
 tensors, the one implementation both backends call, so equal weights give equal masks.
 
-Cuts after step 0 read the current effective weights (gathered under ZeRO-3) before the
-step's forward and only change the mask buffers. The reference implements the
-`magnitude` and `random` methods without regularization; the JAX backend does the rest.
+Cuts after step 0 read the current effective weights (gathered under ZeRO-3) after the
+step and only change the mask buffers. `topk` (learned scores, unstructured rules) adds
+the scores as a parameter of the parametrization, trained by the same optimizer through
+a straight-through top-k, as DeepSpeed's compression layers did; the mask buffer then
+records the mask the next step uses. Not in the reference (the JAX backend has them):
+`movement`, learned rows/heads, regularization, and `topk` under ZeRO-3.
 """
 
 from __future__ import annotations
@@ -45,13 +48,59 @@ class Masked(torch.nn.Module):
         return torch.where(self.mask, weight, torch.zeros((), dtype=weight.dtype))
 
 
+class _TopK(torch.autograd.Function):
+    """The 0/1 mask of the `keep` best scores; its gradient passes to the scores."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, keep: int) -> torch.Tensor:
+        mask = torch.zeros(scores.numel(), dtype=scores.dtype, device=scores.device)
+        mask[torch.topk(scores.detach().reshape(-1), keep).indices] = 1.0
+        return mask.view_as(scores)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+class Learned(Masked):
+    """weight -> weight x topk(scores) once `active` (the rule's start_step reached);
+    `mask` records the current mask."""
+
+    def __init__(self, scores: np.ndarray, keep: int, active: bool):
+        super().__init__(np.ones(scores.shape, bool))
+        self.scores = torch.nn.Parameter(torch.from_numpy(scores))
+        self.keep = keep
+        self.register_buffer("active", torch.tensor(active))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not bool(self.active):
+            return weight
+        return weight * _TopK.apply(self.scores, self.keep).to(weight.dtype)
+
+    def record(self) -> None:
+        with torch.no_grad():
+            if bool(self.active):
+                self.mask.copy_(_TopK.apply(self.scores, self.keep) > 0.5)
+
+
 def check_supported(cfg: RunConfig) -> None:
     p = cfg.prune
     for index, rule in enumerate(p.rules):
+        where = f"prune.rules[{index}].method"
         if rule.method == "movement":
             raise UserError(
-                f"prune.rules[{index}].method: movement is not in the PyTorch reference "
-                "(magnitude and random are); train it with jax-sft"
+                f"{where}: movement is not in the PyTorch reference (magnitude, random and "
+                "unstructured topk are); train it with jax-sft"
+            )
+        if rule.method == "topk" and rule.pattern != "unstructured":
+            raise UserError(
+                f"{where}: topk with pattern {rule.pattern} is not in the PyTorch reference "
+                "(unstructured topk is); train it with jax-sft"
+            )
+        if rule.method == "topk" and cfg.parallel.zero_stage == 3:
+            raise UserError(
+                f"{where}: topk under ZeRO-3 is not supported by the PyTorch reference (its "
+                "scores are read outside a module's forward); use zero_stage 0-2 or jax-sft"
             )
     if p.regularization != "none" and p.reg_weight > 0:
         raise UserError(
@@ -75,12 +124,21 @@ def attach(model: torch.nn.Module, cfg: RunConfig) -> Pruner:
         state = model.state_dict()
         weights = {n: state[n].detach().float().numpy() for n in pruner.ranked}
         masks = pruner.cut(0, weights, masks)
+    learned = {u.ranked[0]: u for u in pruner.learned()}
     for name, mask in masks.items():
         owner, _, attr = name.rpartition(".")
         module = model.get_submodule(owner)
-        with torch.no_grad():
-            getattr(module, attr).mul_(torch.from_numpy(mask))
-        parametrize.register_parametrization(module, attr, Masked(mask))
+        if name in learned:
+            unit = learned[name]
+            rule = cfg.prune.rules[unit.rule]
+            keep = unit.keep_count(unit.group.sparsity)
+            masking = Learned(pruner.initial_scores(unit), keep, rule.start_step == 0)
+            masking.record()
+        else:
+            with torch.no_grad():
+                getattr(module, attr).mul_(torch.from_numpy(mask))
+            masking = Masked(mask)
+        parametrize.register_parametrization(module, attr, masking)
     return pruner
 
 
@@ -97,8 +155,14 @@ def masks(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 def cut(model: torch.nn.Module, pruner: Pruner, done: int) -> None:
-    """The cut due once `done` steps are done (a no-op between cuts): new mask buffers
+    """What pruning does once `done` steps are done: learned masks switch on at their
+    start_step and record their current mask; a scheduled cut sets new mask buffers
     from the current effective weights."""
+    learned = {u.ranked[0]: pruner.cfg.rules[u.rule].start_step for u in pruner.learned()}
+    for name, m in masked_modules(model):
+        if isinstance(m, Learned):
+            m.active.fill_(done >= learned[name])
+            m.record()
     if done == 0 or not pruner.cuts_at(done):
         return
     owners = {name: name.rpartition(".") for name in pruner.ranked}
@@ -120,10 +184,16 @@ def set_masks(model: torch.nn.Module, found: dict[str, np.ndarray]) -> None:
 
 
 def unmask(model: torch.nn.Module) -> None:
-    """Remove the parametrizations, leaving the masked weights (exact zeros) in place."""
-    for name, _ in list(masked_modules(model)):
+    """Remove the parametrizations, leaving each weight with its mask buffer applied
+    (exact zeros; a learned mask as last recorded)."""
+    for name, m in list(masked_modules(model)):
         owner, _, attr = name.rpartition(".")
-        parametrize.remove_parametrizations(model.get_submodule(owner), attr)
+        module = model.get_submodule(owner)
+        original = module.parametrizations[attr].original.detach()
+        kept = torch.where(m.mask, original, torch.zeros((), dtype=original.dtype))
+        parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+        with torch.no_grad():
+            getattr(module, attr).copy_(kept)
 
 
 def ship(hf_dir: Path, report: Path, pruner: Pruner, found: dict[str, np.ndarray]) -> None:
