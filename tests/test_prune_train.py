@@ -13,9 +13,12 @@ from train_fixtures import run_config
 from interop.checkpoints.hf import HFCheckpointReader
 from interop.config import load_config
 from interop.errors import UserError
+from interop.probe import max_abs_logit_diff, probe_batch
+from interop.processes import torch_logits
 from interop.pruning.masks import Pruner
 from interop.tiny_configs import tiny_config
 from jax_sft.core.trees import dotted
+from jax_sft.models.logits import jax_logits
 from jax_sft.train.run import make_engine, train
 
 STEPS = 10
@@ -47,6 +50,9 @@ def runs(tiny_base, tmp_path_factory):
             reader.load_checkpoint(tag=str(step))
             masks[step] = {p: np.asarray(m) for p, m in dotted(reader.state["masks"]).items()}
         final = reader.state
+        if name in ("rows", "heads"):  # the masked model, as the JAX forward sees it
+            params = jax.device_get(jax.jit(reader.mode.params)(reader.state))
+            masks["masked model"] = (reader.hf_config, dotted(params))
         if name == "topk":
             reader.load_checkpoint(tag="2")
             masks["scores at 2"] = jax.device_get(reader.state["scores"])
@@ -145,7 +151,12 @@ def test_a_gradual_run_resumed_mid_schedule_ends_where_the_straight_run_did(runs
 )
 def test_structured_runs_ship_the_smaller_model(runs, tiny_base, scenario, changed):
     cfg, masks, _ = runs[scenario]
+    hf_config, masked = masks.pop("masked model")
     out = Path(cfg.train.output_dir)
+    batch = probe_batch(hf_config["vocab_size"])
+    ours = jax_logits(hf_config, masked, batch)
+    theirs = torch_logits(out / "hf", batch)  # transformers, on the smaller model
+    assert max_abs_logit_diff(ours, theirs, batch["attention_mask"]) <= 1e-5
     config = json.loads((out / "hf" / "config.json").read_text())
     for key, value in changed.items():
         assert config[key] == value, key
