@@ -135,7 +135,7 @@ class PruneTraining(TrainingMode):
 
     def after_update(self, old: Mapping, state: dict, grads: Mapping, lr: jax.Array) -> dict:
         out = dict(state)
-        old = self._weights(old)
+        old, grads = self._weights(old), self._weights(grads)
         if self.movement:
             out["movement"] = update_leaves(
                 state["movement"],
