@@ -57,3 +57,8 @@ if __name__ == "__main__":
     RUNS = sys.argv[2:]
     for run_name in RUNS:
         run(sys.argv[1], run_name)
+    if torch.distributed.is_initialized():
+        # Every rank's files are written before any rank exits; a rank leaving with the
+        # other still inside a collective has aborted in gloo's teardown.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -25,9 +25,7 @@ the rules, per-tensor sparsity, the kept items of each structure.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -165,19 +163,3 @@ def pruning_report(
         "tensors": sparsity_report(masks),
         "structures": structures,
     }
-
-
-def write_report(
-    dst_dir: str | Path,
-    pruner: Pruner,
-    masks: Mapping[str, np.ndarray],
-    *,
-    shrunk: bool,
-    notes: Sequence[str] = (),
-    extra: Mapping | None = None,
-) -> Path:
-    """Write `pruning_report(...)` as `dst_dir/pruning.json`; returns its path."""
-    report = pruning_report(pruner, masks, shrunk=shrunk, notes=notes, extra=extra)
-    path = Path(dst_dir) / REPORT
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path

@@ -31,11 +31,11 @@ from interop.checkpoints.hf import HFCheckpointReader, read_hf_config
 from interop.checkpoints.hf_write import write_hf_checkpoint
 from interop.config import RunConfig, describe_error
 from interop.errors import UserError
-from interop.outputs import output_dir
+from interop.outputs import output_dir, write_json
 from interop.prune_config import PATTERNS, PruneConfig, PruneRule
 from interop.pruning.masks import Pruner, sparsity_report
 from interop.pruning.plan import module_of, plan
-from interop.pruning.shrink import REPORT, masked, shrink, write_report
+from interop.pruning.shrink import REPORT, masked, pruning_report, shrink
 from interop.report import emit
 
 METHODS = ("magnitude", "random")  # movement needs training: a `prune` run config
@@ -157,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
             }
             shrunk = config != hf_config
             extra = {"model": str(model), **counts}
-            write_report(tmp, pruner, masks, shrunk=shrunk, notes=notes, extra=extra)
+            report = pruning_report(pruner, masks, shrunk=shrunk, notes=notes, extra=extra)
+            write_json(tmp / REPORT, report)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     report = sparsity_report(masks)
