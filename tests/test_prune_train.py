@@ -48,7 +48,7 @@ def runs(tiny_base, tmp_path_factory):
         masks = {}
         for step in range(2, STEPS + 1, 2):
             reader.load_checkpoint(tag=str(step))
-            masks[step] = {p: np.asarray(m) for p, m in dotted(reader.state["masks"]).items()}
+            masks[step] = reader.mode.host_masks(reader.state["masks"])
         final = reader.state
         if name in ("rows", "heads"):  # the masked model, as the JAX forward sees it
             params = jax.device_get(jax.jit(reader.mode.params)(reader.state))
@@ -131,7 +131,7 @@ def test_a_gradual_run_resumed_mid_schedule_ends_where_the_straight_run_did(runs
     assert path is not None and engine.global_steps == 4
     while engine.global_steps < STEPS:
         engine.train_step()
-    got = {p: np.asarray(m) for p, m in dotted(engine.state["masks"]).items()}
+    got = engine.mode.host_masks(engine.state["masks"])
     assert all(np.array_equal(got[p], masks[STEPS][p]) for p in masks[STEPS])
     same = jax.tree.map(
         lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),

@@ -9,6 +9,7 @@ from interop.config import load_config
 from interop.pruning.masks import Pruner
 from interop.tiny_configs import tiny_config
 from jax_sft.core.trees import dotted, leaf_at
+from jax_sft.prune.bits import pack, pack_host, unpack, unpack_host
 from jax_sft.prune.updates import group_shrink, soft_threshold
 from jax_sft.train.run import make_engine
 
@@ -50,8 +51,8 @@ def test_group_shrink_scales_each_structure_by_its_norm():
 
 
 def test_masks_are_placed_like_their_weights_under_zero3(tiny_base, tmp_path):
-    """8 devices, ZeRO-3: every mask and score has its weight's sharding, and a step with
-    movement scores and group-lasso steps keeps the pruned rows at zero."""
+    """8 devices, ZeRO-3: every mask (packed, a bit per entry) and score has its weight's
+    sharding, and steps with movement scores and group-lasso keep the pruned rows at 0."""
     cfg = run_config(
         tiny_base,
         tmp_path / "z3",
@@ -77,16 +78,28 @@ def test_masks_are_placed_like_their_weights_under_zero3(tiny_base, tmp_path):
     assert len(masks) == 14  # 2 layers x (gate, up, down; q, k, v, o)
     for path, mask in masks.items():
         weight = leaf_at(params, path)
-        assert mask.sharding == weight.sharding and mask.dtype == jnp.bool_, path
+        assert mask.sharding == weight.sharding, path
         assert len(weight.sharding.device_set) == 8
+        rows, width = weight.size // weight.shape[-1], weight.shape[-1]
+        assert mask.dtype == jnp.uint8 and mask.nbytes == rows * -(-width // 8), path
     for path, score in dotted(engine.state["scores"]["entries"]).items():
         assert score.sharding == leaf_at(params, path).sharding, path
     for _ in range(4):
         engine.train_step()
     flat = dotted(jax.device_get(engine.state["params"]))
     moved = dotted(jax.device_get(engine.state["movement"]))
-    for path, mask in dotted(jax.device_get(engine.state["masks"])).items():
+    for path, mask in engine.mode.host_masks(engine.state["masks"]).items():
         if "mlp" in path:
             assert mask.mean() == 0.5 and not np.any(flat[path][~mask]), path
             assert np.any(moved[path] != 0), path
     engine.close()
+
+
+def test_bits_round_trip_for_any_width():
+    rng = np.random.default_rng(1)
+    for shape in [(3, 1), (2, 7), (5, 8), (4, 13), (9,)]:
+        mask = rng.random(shape) < 0.5
+        packed = pack_host(mask)
+        assert packed.dtype == np.uint8 and packed.shape[-1] == -(-shape[-1] // 8)
+        assert np.array_equal(unpack_host(packed, shape[-1]), mask)
+        assert np.array_equal(np.asarray(unpack(pack(jnp.asarray(mask)), shape[-1])), mask)

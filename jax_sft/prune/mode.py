@@ -1,16 +1,16 @@
 """Pruning as a training mode: the whole model trains under masks that only lose entries.
 
 The state keeps the parameters under "params" (trained, as in dense fine-tuning), one
-bool mask per targeted parameter under "masks" (nested like the parameters, so each mask
-is placed like its weight), for `movement` rules the accumulated -grad x W under
-"movement", and for `topk` rules the learned scores under "scores" (trained with the
-parameters: the optimizer then sees {"params", "scores"}, see `prune.topk`). Which
-entries a cut removes is decided by `interop.pruning.Pruner` in the Hugging Face
-layout, the one implementation both backends share: at a cut the ranked weights are
-gathered to the host, turned into HF tensors, ranked, and the masks come back in our
-layout. How the zeros are held is `prune.updates`. The export is the dense model with
-exact zeros, or, for rows and heads, the smaller model with those structures cut out
-(`interop.pruning.shrink`), and `pruning.json` beside it.
+mask per targeted parameter under "masks" (bit-packed, `prune.bits`; nested like the
+parameters, so each mask is placed like its weight), for `movement` rules the
+accumulated -grad x W under "movement", and for `topk` rules the learned scores under
+"scores" (trained with the parameters: the optimizer then sees {"params", "scores"},
+see `prune.topk`). Which entries a cut removes is decided by `interop.pruning.Pruner`
+in the Hugging Face layout, the one implementation both backends share: at a cut the
+ranked weights are gathered to the host, turned into HF tensors, ranked, and the masks
+come back in our layout. How the zeros are held is `prune.updates`. The export is the
+dense model with exact zeros, or, for rows and heads, the smaller model with those
+structures cut out (`interop.pruning.shrink`), and `pruning.json` beside it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from interop.pruning.shrink import pruning_report, shrink
 from jax_sft.core.mode import ModeStart, TrainingMode
 from jax_sft.core.trees import dotted, hf_decay_mask, leaf_at, nested, update_leaves
 from jax_sft.models.hf_names import NameTable
+from jax_sft.prune.bits import pack, pack_host, unpack, unpack_host
 from jax_sft.prune.topk import LearnedMasks
 from jax_sft.prune.updates import group_shrink, masked, soft_threshold, to_hf, to_ours, zero_pruned
 from jax_sft.sharding.distributed import to_host
@@ -72,7 +73,7 @@ class PruneTraining(TrainingMode):
         masks = mode.pruner.initial_masks()
         if mode.pruner.cuts_at(0):
             masks = mode.pruner.cut(0, mode._hf_host(ctx.params, mode.ranked), masks)
-        arrays = {"masks": nested(mode._ours_layout(masks))}
+        arrays = {"masks": mode._packed(masks)}
         if mode.movement:
             zeros = {p: np.zeros(mode.shapes[p], np.float32) for p in mode.ranked}
             arrays["movement"] = nested(zeros)
@@ -88,6 +89,26 @@ class PruneTraining(TrainingMode):
             name, transform = self.hf[p]
             out[name] = transform.to_hf(to_host(leaf_at(tree, p)))
         return out
+
+    def _packed(self, masks: Mapping[str, np.ndarray]) -> dict:
+        """HF-layout bool masks as the state keeps them: packed, nested, our layout."""
+        return nested({p: pack_host(m) for p, m in self._ours_layout(masks).items()})
+
+    def mask(self, masks: Mapping, path: str) -> jax.Array:
+        """The bool mask of parameter `path` from the state's packed masks."""
+        return unpack(leaf_at(masks, path), self.shapes[path][-1])
+
+    def host_masks(self, masks: Mapping) -> dict[str, np.ndarray]:
+        """{our path: bool mask} of packed masks (the state's, or already on the host)."""
+        out = {}
+        for p in self.targets:
+            packed = leaf_at(masks, p)
+            packed = to_host(packed) if isinstance(packed, jax.Array) else packed
+            out[p] = unpack_host(packed, self.shapes[p][-1])
+        return out
+
+    def _hf_masks(self, masks: Mapping) -> dict[str, np.ndarray]:
+        return {self.hf[p][0]: self.hf[p][1].to_hf(m) for p, m in self.host_masks(masks).items()}
 
     def _ours_layout(self, masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
@@ -112,7 +133,7 @@ class PruneTraining(TrainingMode):
     def _held(self, weights: Mapping, masks: Mapping) -> dict:
         """`weights` with the masks of the scheduled (not learned) rules applied."""
         return update_leaves(
-            weights, {p: (lambda w, p=p: masked(w, leaf_at(masks, p))) for p in self.static}
+            weights, {p: (lambda w, p=p: masked(w, self.mask(masks, p))) for p in self.static}
         )
 
     def params(self, state: Mapping, trained: Mapping | None = None) -> Mapping:
@@ -152,7 +173,7 @@ class PruneTraining(TrainingMode):
             # The masks the next step will use, for checkpoints and the export.
             now = self.learned.masks(state["scores"], state["step"], learn=False)
             out["masks"] = update_leaves(
-                state["masks"], {p: (lambda _, m=m: m > 0.5) for p, m in now.items()}
+                state["masks"], {p: (lambda _, m=m: pack(m > 0.5)) for p, m in now.items()}
             )
         return out
 
@@ -177,11 +198,11 @@ class PruneTraining(TrainingMode):
         if done == 0 or not self.pruner.cuts_at(done):
             return state
         movement = self._hf_host(state["movement"], self.ranked) if self.movement else None
-        current = self._hf_host(state["masks"], self.targets)
+        current = self._hf_masks(state["masks"])
         weights = self._hf_host(state["params"], self.ranked)
         new = self.pruner.cut(done, weights, current, movement)
         shardings = jax.tree.map(lambda x: x.sharding, state["masks"])
-        masks = place(nested(self._ours_layout(new)), shardings)
+        masks = place(self._packed(new), shardings)
         keep = {k: state[k] for k in ("params", "opt_state")}
         zeroed = jax.jit(
             self._zeroed,
@@ -193,7 +214,7 @@ class PruneTraining(TrainingMode):
     def _zeroed(self, tree: Mapping, masks: Mapping) -> Mapping:
         """Parameters and Adam moments with the masks' pruned entries at zero."""
         by_keys = {
-            tuple(int(k) if k.isdigit() else k for k in p.split(".")): leaf_at(masks, p)
+            tuple(int(k) if k.isdigit() else k for k in p.split(".")): self.mask(masks, p)
             for p in self.static
         }
         return zero_pruned(tree, by_keys)
@@ -205,7 +226,7 @@ class PruneTraining(TrainingMode):
         self, hf_config: dict, tensors: dict[str, np.ndarray], tree: Mapping | None
     ) -> tuple[dict, dict[str, np.ndarray], dict[str, dict]]:
         """The model with exact zeros, structures cut out where a config can say so."""
-        masks = {self.hf[p][0]: self.hf[p][1].to_hf(m) for p, m in dotted(tree["masks"]).items()}
+        masks = self._hf_masks(tree["masks"])
         config, cut, notes = shrink(hf_config, tensors, self.pruner, masks)
         report = pruning_report(self.pruner, masks, shrunk=config != hf_config, notes=notes)
         return config, cut, {"pruning.json": report}

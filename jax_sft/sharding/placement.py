@@ -76,9 +76,11 @@ def param_specs(params: Mapping, axes: Mapping, mesh: Mesh, data_axes: tuple[str
     )
 
 
-def like_params(tree, params_specs: Mapping, params: Mapping):
+def like_params(tree, params_specs: Mapping, params: Mapping, mesh: Mesh | None = None):
     """Specs for a tree (e.g. optimizer state) whose sub-trees mirror the parameters:
-    a leaf whose path ends with a parameter's path and has its shape gets its spec."""
+    a leaf whose path ends with a parameter's path and has its shape gets its spec; one
+    that is the parameter's bit-packed mask (uint8, the last axis packed eight to a
+    byte; `mesh` given) gets it too, the last axis kept sharded where it divides."""
     by_path = {}
     for path, spec in jax.tree_util.tree_flatten_with_path(params_specs, is_leaf=_is_spec)[0]:
         by_path[tuple(path)] = spec
@@ -87,11 +89,31 @@ def like_params(tree, params_specs: Mapping, params: Mapping):
     def pick(path, leaf):
         for n in range(len(path)):
             suffix = tuple(path[n:])
-            if suffix in by_path and shapes[suffix] == tuple(leaf.shape):
+            if suffix not in by_path:
+                continue
+            if shapes[suffix] == tuple(leaf.shape):
                 return by_path[suffix]
+            if mesh is not None and _packs(shapes[suffix], leaf):
+                return _packed_spec(by_path[suffix], leaf.shape, mesh)
         return P()
 
     return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def _packs(shape: tuple[int, ...], leaf) -> bool:
+    """Whether `leaf` is a bit-packed mask of an array of `shape`."""
+    packed = (*shape[:-1], -(-shape[-1] // 8)) if shape else None
+    return np.dtype(leaf.dtype) == np.uint8 and tuple(leaf.shape) == packed
+
+
+def _packed_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+    entries = list(spec) + [None] * (len(shape) - len(spec))
+    last = entries[-1]
+    if last is not None:
+        names = (last,) if isinstance(last, str) else tuple(last)
+        if shape[-1] % math.prod(mesh.shape[a] for a in names):
+            entries[-1] = None
+    return P(*entries)
 
 
 def _is_spec(x: object) -> bool:
@@ -176,7 +198,7 @@ def build_placement(
         **{
             k: jax.tree.map(lambda _: whole, v)
             if k in replicated
-            else named(mesh, like_params(v, specs, params))
+            else named(mesh, like_params(v, specs, params, mesh))
             for k, v in (extra or {}).items()
         },
         "opt_state": opt,
