@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
@@ -31,6 +28,7 @@ from pydantic import (
 
 from interop.errors import UserError
 from interop.prune_config import PruneConfig
+from interop.schema import Section, check_regexes
 from interop.tiny_configs import TINY_CONFIGS
 
 DEFAULT_TINY = "tiny-llama"
@@ -47,22 +45,7 @@ DEFAULT_SPARSE_TARGET = [
 ]
 
 
-class _Section(BaseModel):
-    """Base of every section: unknown keys are errors, fields may be given by alias."""
-
-    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
-
-
-def _check_regexes(patterns: list[str]) -> list[str]:
-    for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
-    return patterns
-
-
-class PretrainConfig(_Section):
+class PretrainConfig(Section):
     """For a `model.tiny` base: train a tokenizer and pretrain on a corpus first (cached).
 
     `corpus: pydoc` is the text of Python's own `pydoc_data.topics`, so the embedded demo
@@ -77,7 +60,7 @@ class PretrainConfig(_Section):
     learning_rate: PositiveFloat = 3e-3
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """Which model to fine-tune: a local HF/Orbax directory or a named tiny config."""
 
     path: str | None = None
@@ -112,7 +95,7 @@ class ModelConfig(_Section):
         return self
 
 
-class DataSource(_Section):
+class DataSource(Section):
     """One dataset file (JSON list or JSONL) and its sampling weight."""
 
     path: str
@@ -121,7 +104,7 @@ class DataSource(_Section):
     split: bool = True  # False: all rows, whatever data.data_split says (DS-Chat sft-only data)
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """Tokenization, loss masking, padding/packing and the DeepSpeed-Chat style split."""
 
     sources: list[DataSource] = []
@@ -150,7 +133,7 @@ class DataConfig(_Section):
         return split
 
 
-class OptimConfig(_Section):
+class OptimConfig(Section):
     """AdamW hyper-parameters (DeepSpeed-Chat defaults for betas and clipping)."""
 
     name: Literal["adamw"] = "adamw"
@@ -161,7 +144,7 @@ class OptimConfig(_Section):
     grad_clip: PositiveFloat | None = 1.0
 
 
-class ScheduleConfig(_Section):
+class ScheduleConfig(Section):
     """Learning-rate schedule: `transformers.get_scheduler`'s four, and DeepSpeed's three.
 
     The DeepSpeed ones (`warmup_lr`, `warmup_decay_lr`, `warmup_cosine_lr`) warm up from
@@ -187,7 +170,7 @@ class ScheduleConfig(_Section):
     total_steps: PositiveInt | None = None
 
 
-class SparseConfig(_Section):
+class SparseConfig(Section):
     """Sparse fine-tuning: which entries of which weights train, and how they are chosen.
 
     The budget is one of `density` (fraction of each targeted weight), `num_tunable`
@@ -209,7 +192,7 @@ class SparseConfig(_Section):
     regularization: Literal["none", "l1", "l2"] = "none"
     reg_weight: NonNegativeFloat = 0.0
 
-    _regexes = field_validator("target", "dense_trainable")(_check_regexes)
+    _regexes = field_validator("target", "dense_trainable")(check_regexes)
 
     @model_validator(mode="after")
     def _one_budget(self) -> SparseConfig:
@@ -220,7 +203,7 @@ class SparseConfig(_Section):
         return self
 
 
-class LoraConfig(_Section):
+class LoraConfig(Section):
     """LoRA adapters with peft's semantics and file format; rank 0 turns LoRA off.
 
     Each targeted linear weight W trains as W + (alpha / rank) * B @ A, with A [rank, in]
@@ -245,19 +228,19 @@ class LoraConfig(_Section):
     dense_trainable: list[str] = []
     learning_rate: NonNegativeFloat | None = None
 
-    _regexes = field_validator("dense_trainable")(_check_regexes)
+    _regexes = field_validator("dense_trainable")(check_regexes)
 
     @field_validator("target_modules")
     @classmethod
     def _targets(cls, target: list[str] | str) -> list[str] | str:
         if isinstance(target, str):
-            _check_regexes([target])
+            check_regexes([target])
         elif not target:
             raise ValueError("name at least one module (or give a regex string)")
         return target
 
 
-class ParallelConfig(_Section):
+class ParallelConfig(Section):
     """Device mesh (data, fsdp, tensor) and the ZeRO stage it emulates; -1 = the rest."""
 
     zero_stage: Literal[0, 1, 2, 3] = 0
@@ -277,7 +260,7 @@ class ParallelConfig(_Section):
         return self
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """Loop length, batch sizes, and how often to log, evaluate and save. `resume_from`
     names another run's checkpoint to start from when the output directory holds none of
     its own: a DeepSpeed checkpoint directory (weights, Adam moments, step; dense runs),
@@ -297,7 +280,7 @@ class TrainConfig(_Section):
     resume_from: str | None = None
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(Section):
     """Where progress goes. `print_loss` prints every step's loss as DeepSpeed-Chat's
     `--print_loss` does (`Epoch: E, Step: S, Rank: 0, loss = L`; S counts optimizer
     steps, and the loss reaches the host every step); `json` (attribute `as_json`) ends
@@ -311,7 +294,7 @@ class LoggingConfig(_Section):
     as_json: bool = Field(False, alias="json")
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     """A whole run; every section has defaults, so an empty file is a valid config."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)

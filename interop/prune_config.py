@@ -28,12 +28,9 @@ optimizer step until the last cut, driving weights to zero before they are cut.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
@@ -41,6 +38,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from interop.schema import Section, check_regexes
 
 Sparsity = Annotated[float, Field(ge=0.0, lt=1.0)]
 PATTERNS = ("unstructured", "global", "rows", "heads")
@@ -57,20 +56,7 @@ RULE_KEYS = (
 )
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _regexes(patterns: list[str]) -> list[str]:
-    for pattern in patterns:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
-    return patterns
-
-
-class PruneGroup(_Section):
+class PruneGroup(Section):
     """Modules pruned to one sparsity (DeepSpeed's `different_groups` entry).
     `related_modules` (DeepSpeed's) must name modules of the same structures: the whole
     FFN or attention block is always cut together."""
@@ -80,10 +66,10 @@ class PruneGroup(_Section):
     sparsity: Sparsity
     related_modules: list[str] = []
 
-    _check = field_validator("modules", "related_modules")(_regexes)
+    _check = field_validator("modules", "related_modules")(check_regexes)
 
 
-class PruneRule(_Section):
+class PruneRule(Section):
     """One pruning technique (see the module docstring)."""
 
     method: Literal["magnitude", "random", "movement", "topk"] = "magnitude"
@@ -98,7 +84,7 @@ class PruneRule(_Section):
     num_heads: PositiveInt | None = None  # DeepSpeed's head_pruning: checked against the model
 
     _check = field_validator("modules", "excluded_modules")(
-        lambda v: v if v is None else _regexes(v)
+        lambda v: v if v is None else check_regexes(v)
     )
 
     @model_validator(mode="after")
@@ -141,7 +127,7 @@ class PruneRule(_Section):
         return target * (1.0 - (1.0 - done) ** 3)
 
 
-class PruneConfig(_Section):
+class PruneConfig(Section):
     """Pruning rules and the regularization that prepares them; the rule fields may be
     given at the top level for a single rule (`prune.method`, `prune.sparsity`, ...)."""
 
