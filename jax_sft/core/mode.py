@@ -116,12 +116,13 @@ class TrainingMode:
         raise NotImplementedError
 
     def export_tree(self, state: Mapping) -> Mapping | None:
-        """The state's arrays `shipped` needs (gathered to the host by the engine)."""
+        """The state's arrays `shipped` needs (gathered to the host by the engine); None:
+        the merged model ships as it is, streamed tensor by tensor."""
         return None
 
     def shipped(
-        self, hf_config: dict, tensors: dict[str, np.ndarray], tree: Mapping | None
+        self, hf_config: dict, tensors: dict[str, np.ndarray], tree: Mapping
     ) -> tuple[dict, dict[str, np.ndarray], dict[str, dict]]:
         """The exported model (HF config and tensors by HF name) as the mode ships it,
         and JSON reports {file name: content} written beside it."""
-        return hf_config, tensors, {}
+        raise NotImplementedError

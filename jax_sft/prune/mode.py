@@ -223,7 +223,7 @@ class PruneTraining(TrainingMode):
         return {"masks": state["masks"]}
 
     def shipped(
-        self, hf_config: dict, tensors: dict[str, np.ndarray], tree: Mapping | None
+        self, hf_config: dict, tensors: dict[str, np.ndarray], tree: Mapping
     ) -> tuple[dict, dict[str, np.ndarray], dict[str, dict]]:
         """The model with exact zeros, structures cut out where a config can say so."""
         masks = self._hf_masks(tree["masks"])

@@ -187,11 +187,12 @@ class Engine(Setup):
         tree = self.mode.export_tree(self.state)
         host = None if tree is None else jax.tree.map(to_host, tree)
         if self.is_main:
-            config, tensors, reports = self.mode.shipped(
-                dict(self.hf_config), dict(ours_to_hf(self.table, flat)), host
-            )
+            config, tensors, reports = dict(self.hf_config), ours_to_hf(self.table, flat), {}
+            if host is not None:  # the mode reshapes what it ships (pruning's cut)
+                config, cut, reports = self.mode.shipped(config, dict(tensors), host)
+                tensors = iter(cut.items())
             with output_dir(dst, overwrite=overwrite) as tmp:
-                write_hf_checkpoint(tmp, tensors.items(), config)
+                write_hf_checkpoint(tmp, tensors, config)
                 self.tokenizer.save_pretrained(tmp)
             for name, report in reports.items():
                 write_json(dst.parent / name, report)
