@@ -3,9 +3,9 @@
 Read statically (`ast`), so imports inside functions count too: a lazy import that points
 up the layers is still an upward dependency. Layers, lowest first:
 
-- jax_sft: models and sharding; checkpoints and core (tree helpers, loss, forward, the
-  training-mode protocol, optimizer and jitted steps); sparse, lora and prune (training
-  modes);
+- jax_sft: models and sharding; checkpoints, core (tree helpers, loss, forward, the
+  training-mode protocol, optimizer and jitted steps) and generate; sparse, lora and
+  prune (training modes);
   train (setup, engine, runs); bench; commands; cli and the package root. A package
   imports only from lower layers (never a peer), and no command imports another.
 - torch_ref: one layer per module (see TORCH_LAYERS).
@@ -24,6 +24,7 @@ JAX_LAYERS = {
     "sharding": 0,
     "checkpoints": 1,
     "core": 1,
+    "generate": 1,
     "sparse": 2,
     "lora": 2,
     "prune": 2,

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from interop.errors import UserError
-from jax_sft.models.attention import dot_product_attention, positions_and_mask
+from jax_sft.models import kv_cache
 from jax_sft.models.hf_names import NameTable, Rule, merge_tail
 from jax_sft.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, call_layer, normal_init
 
@@ -127,12 +127,14 @@ class Attention(nnx.Module):
         scale = d**-0.5 if cfg.scale_attn_weights else 1.0
         self.scale = scale / (layer_idx + 1) if cfg.scale_attn_by_inverse_layer_idx else scale
 
-    def __call__(self, x: jax.Array, allowed: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, allowed: jax.Array, kv: kv_cache.LayerKV | None
+    ) -> tuple[jax.Array, kv_cache.LayerKV | None]:
         b, s, e = x.shape
         h = self.num_heads
         qkv = self.c_attn(x).reshape(b, s, 3, h, e // h)
-        out = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], allowed, self.scale)
-        return self.c_proj(out.reshape(b, s, e))
+        out, kv = kv_cache.attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], allowed, self.scale, kv)
+        return self.c_proj(out.reshape(b, s, e)), kv
 
 
 class MLP(nnx.Module):
@@ -167,13 +169,17 @@ class Block(nnx.Module):
         self.ln_2 = LayerNorm(cfg.n_embd, **ln)
         self.mlp = MLP(cfg, dtype, param_dtype, rngs)
 
-    def __call__(self, x: jax.Array, allowed: jax.Array) -> jax.Array:
-        x = x + self.attn(self.ln_1(x), allowed)
-        return x + self.mlp(self.ln_2(x))
+    def __call__(
+        self, x: jax.Array, allowed: jax.Array, kv: kv_cache.LayerKV | None
+    ) -> tuple[jax.Array, kv_cache.LayerKV | None]:
+        h, kv = self.attn(self.ln_1(x), allowed, kv)
+        x = x + h
+        return x + self.mlp(self.ln_2(x)), kv
 
 
 class GPT2(nnx.Module):
-    """Causal LM: token ids -> fp32 logits [batch, seq, vocab]."""
+    """Causal LM: token ids -> fp32 logits [batch, seq, vocab]; given a `KVCache`, the
+    chunk attends the cache too and (logits, updated cache) is returned."""
 
     def __init__(
         self,
@@ -194,15 +200,33 @@ class GPT2(nnx.Module):
             cfg.n_embd, eps=cfg.layer_norm_epsilon, affine=True, param_dtype=param_dtype
         )
 
+    def init_cache(self, batch: int, max_len: int) -> kv_cache.KVCache:
+        """An empty KV cache for `batch` rows of up to `max_len` tokens."""
+        c = self.cfg
+        return kv_cache.KVCache.init(
+            batch=batch,
+            max_len=max_len,
+            num_layers=c.n_layer,
+            kv_heads=c.n_head,
+            head_dim=c.n_embd // c.n_head,
+            dtype=self.wte.dtype,
+        )
+
     def __call__(
         self,
         input_ids: jax.Array,
         attention_mask: jax.Array | None = None,
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
-    ) -> jax.Array:
-        positions, allowed = positions_and_mask(input_ids, attention_mask, positions, segment_ids)
+        cache: kv_cache.KVCache | None = None,
+    ) -> jax.Array | tuple[jax.Array, kv_cache.KVCache]:
+        cache, positions, allowed = kv_cache.begin(
+            cache, input_ids, attention_mask, positions, segment_ids
+        )
         x = self.wte(input_ids) + self.wpe(positions)
-        for block in self.h:
-            x = call_layer(block, self.remat, x, allowed)
-        return self.wte.attend(self.ln_f(x)).astype(jnp.float32)
+        kvs, per_layer = [], kv_cache.per_layer(cache, len(self.h))
+        for block, kv in zip(self.h, per_layer, strict=True):
+            x, kv = call_layer(block, self.remat, x, allowed, kv)
+            kvs.append(kv)
+        logits = self.wte.attend(self.ln_f(x)).astype(jnp.float32)
+        return kv_cache.finish(cache, logits, kvs, input_ids.shape[1])

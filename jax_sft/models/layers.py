@@ -9,6 +9,8 @@ transpose recorded in each family's name table.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -122,9 +124,10 @@ ACTIVATIONS = {
 }
 
 
-def call_layer(layer: nnx.Module, remat: bool, *args: jax.Array) -> jax.Array:
+def call_layer(layer: nnx.Module, remat: bool, *args: Any) -> Any:
     """`layer(*args)`, rematerialised in the backward pass when `remat` (activation
-    checkpointing): only the layer's inputs are kept, its insides are recomputed."""
+    checkpointing): only the layer's inputs are kept, its insides are recomputed. Arguments
+    and results are pytrees (arrays, a layer's KV cache or None)."""
     if not remat:
         return layer(*args)
     graphdef, state = nnx.split(layer)

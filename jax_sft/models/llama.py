@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from interop.errors import UserError
-from jax_sft.models.attention import dot_product_attention, positions_and_mask
+from jax_sft.models import kv_cache
 from jax_sft.models.hf_names import TRANSPOSE, NameTable, Rule
 from jax_sft.models.layers import ACTIVATIONS, Embed, Linear, RMSNorm, call_layer
 from jax_sft.models.rope import apply_rope, inverse_frequencies, rope_parameters
@@ -108,7 +108,9 @@ class Attention(nnx.Module):
         )
         self.cfg = cfg
 
-    def __call__(self, x: jax.Array, positions: jax.Array, allowed: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, allowed: jax.Array, kv: kv_cache.LayerKV | None
+    ) -> tuple[jax.Array, kv_cache.LayerKV | None]:
         b, s, _ = x.shape
         c = self.cfg
         q = self.q_proj(x).reshape(b, s, c.num_heads, c.head_dim)
@@ -116,8 +118,8 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(b, s, c.num_kv_heads, c.head_dim)
         inv_freq = inverse_frequencies(c.head_dim, dict(c.rope))
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-        out = dot_product_attention(q, k, v, allowed, c.head_dim**-0.5)
-        return self.o_proj(out.reshape(b, s, c.num_heads * c.head_dim))
+        out, kv = kv_cache.attend(q, k, v, allowed, c.head_dim**-0.5, kv)
+        return self.o_proj(out.reshape(b, s, c.num_heads * c.head_dim)), kv
 
 
 class MLP(nnx.Module):
@@ -144,13 +146,17 @@ class DecoderLayer(nnx.Module):
         )
         self.mlp = MLP(cfg, dtype, param_dtype, rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, allowed: jax.Array) -> jax.Array:
-        x = x + self.self_attn(self.input_layernorm(x), positions, allowed)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, allowed: jax.Array, kv: kv_cache.LayerKV | None
+    ) -> tuple[jax.Array, kv_cache.LayerKV | None]:
+        h, kv = self.self_attn(self.input_layernorm(x), positions, allowed, kv)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
 class Llama(nnx.Module):
-    """Causal LM: token ids -> fp32 logits [batch, seq, vocab]."""
+    """Causal LM: token ids -> fp32 logits [batch, seq, vocab]; given a `KVCache`, the
+    chunk attends the cache too and (logits, updated cache) is returned."""
 
     def __init__(
         self,
@@ -191,23 +197,40 @@ class Llama(nnx.Module):
             )
         )
 
+    def init_cache(self, batch: int, max_len: int) -> kv_cache.KVCache:
+        """An empty KV cache for `batch` rows of up to `max_len` tokens."""
+        c = self.cfg
+        return kv_cache.KVCache.init(
+            batch=batch,
+            max_len=max_len,
+            num_layers=c.num_layers,
+            kv_heads=c.num_kv_heads,
+            head_dim=c.head_dim,
+            dtype=self.embed_tokens.dtype,
+        )
+
     def __call__(
         self,
         input_ids: jax.Array,
         attention_mask: jax.Array | None = None,
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
-    ) -> jax.Array:
-        seq = input_ids.shape[1]
+        cache: kv_cache.KVCache | None = None,
+    ) -> jax.Array | tuple[jax.Array, kv_cache.KVCache]:
+        seq = input_ids.shape[1] if cache is None else cache.max_len
         if self.cfg.sliding_window is not None and seq > self.cfg.sliding_window:
             raise UserError(
                 f"sequence length {seq} exceeds the model's sliding_window "
                 f"{self.cfg.sliding_window}; sliding-window attention is not supported"
             )
-        positions, allowed = positions_and_mask(input_ids, attention_mask, positions, segment_ids)
+        cache, positions, allowed = kv_cache.begin(
+            cache, input_ids, attention_mask, positions, segment_ids
+        )
         x = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            x = call_layer(layer, self.remat, x, positions, allowed)
+        kvs, per_layer = [], kv_cache.per_layer(cache, len(self.layers))
+        for layer, kv in zip(self.layers, per_layer, strict=True):
+            x, kv = call_layer(layer, self.remat, x, positions, allowed, kv)
+            kvs.append(kv)
         x = self.norm(x)
         logits = self.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)
-        return logits.astype(jnp.float32)
+        return kv_cache.finish(cache, logits.astype(jnp.float32), kvs, input_ids.shape[1])

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from interop.errors import UserError
-from jax_sft.models.attention import dot_product_attention, positions_and_mask
+from jax_sft.models import kv_cache
 from jax_sft.models.hf_names import TRANSPOSE, NameTable, Rule
 from jax_sft.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, call_layer
 
@@ -114,14 +114,17 @@ class Attention(nnx.Module):
         self.out_proj = Linear(e, e, axes=("heads", "embed"), **kw)
         self.num_heads = cfg.num_heads
 
-    def __call__(self, x: jax.Array, allowed: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, allowed: jax.Array, kv: kv_cache.LayerKV | None
+    ) -> tuple[jax.Array, kv_cache.LayerKV | None]:
         b, s, e = x.shape
         h = self.num_heads
         d = e // h
         q = (self.q_proj(x) * d**-0.5).reshape(b, s, h, d)
         k = self.k_proj(x).reshape(b, s, h, d)
         v = self.v_proj(x).reshape(b, s, h, d)
-        return self.out_proj(dot_product_attention(q, k, v, allowed, 1.0).reshape(b, s, e))
+        out, kv = kv_cache.attend(q, k, v, allowed, 1.0, kv)
+        return self.out_proj(out.reshape(b, s, e)), kv
 
 
 class DecoderLayer(nnx.Module):
@@ -143,17 +146,22 @@ class DecoderLayer(nnx.Module):
         self.act = ACTIVATIONS[cfg.activation]
         self.pre_ln = cfg.do_layer_norm_before
 
-    def __call__(self, x: jax.Array, allowed: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, allowed: jax.Array, kv: kv_cache.LayerKV | None
+    ) -> tuple[jax.Array, kv_cache.LayerKV | None]:
         mlp = lambda h: self.fc2(self.act(self.fc1(h)))  # noqa: E731
         if self.pre_ln:
-            x = x + self.self_attn(self.self_attn_layer_norm(x), allowed)
-            return x + mlp(self.final_layer_norm(x))
-        x = self.self_attn_layer_norm(x + self.self_attn(x, allowed))
-        return self.final_layer_norm(x + mlp(x))
+            h, kv = self.self_attn(self.self_attn_layer_norm(x), allowed, kv)
+            x = x + h
+            return x + mlp(self.final_layer_norm(x)), kv
+        h, kv = self.self_attn(x, allowed, kv)
+        x = self.self_attn_layer_norm(x + h)
+        return self.final_layer_norm(x + mlp(x)), kv
 
 
 class OPT(nnx.Module):
-    """Causal LM: token ids -> fp32 logits [batch, seq, vocab]."""
+    """Causal LM: token ids -> fp32 logits [batch, seq, vocab]; given a `KVCache`, the
+    chunk attends the cache too and (logits, updated cache) is returned."""
 
     def __init__(
         self,
@@ -189,23 +197,40 @@ class OPT(nnx.Module):
             else Linear(p, cfg.vocab_size, axes=("embed", "vocab"), **lin)
         )
 
+    def init_cache(self, batch: int, max_len: int) -> kv_cache.KVCache:
+        """An empty KV cache for `batch` rows of up to `max_len` tokens."""
+        c = self.cfg
+        return kv_cache.KVCache.init(
+            batch=batch,
+            max_len=max_len,
+            num_layers=c.num_layers,
+            kv_heads=c.num_heads,
+            head_dim=c.hidden_size // c.num_heads,
+            dtype=self.embed_tokens.dtype,
+        )
+
     def __call__(
         self,
         input_ids: jax.Array,
         attention_mask: jax.Array | None = None,
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
-    ) -> jax.Array:
-        positions, allowed = positions_and_mask(input_ids, attention_mask, positions, segment_ids)
+        cache: kv_cache.KVCache | None = None,
+    ) -> jax.Array | tuple[jax.Array, kv_cache.KVCache]:
+        cache, positions, allowed = kv_cache.begin(
+            cache, input_ids, attention_mask, positions, segment_ids
+        )
         x = self.embed_tokens(input_ids)
         if self.project_in is not None:
             x = self.project_in(x)
         x = x + self.embed_positions(positions + POSITION_OFFSET)
-        for layer in self.layers:
-            x = call_layer(layer, self.remat, x, allowed)
+        kvs, per_layer = [], kv_cache.per_layer(cache, len(self.layers))
+        for layer, kv in zip(self.layers, per_layer, strict=True):
+            x, kv = call_layer(layer, self.remat, x, allowed, kv)
+            kvs.append(kv)
         if self.final_layer_norm is not None:
             x = self.final_layer_norm(x)
         if self.project_out is not None:
             x = self.project_out(x)
         logits = self.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)
-        return logits.astype(jnp.float32)
+        return kv_cache.finish(cache, logits.astype(jnp.float32), kvs, input_ids.shape[1])
