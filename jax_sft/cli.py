@@ -17,6 +17,7 @@ from jax_sft.commands import (
     config,
     convert,
     dschat_step1,
+    generate,
     launch,
     parity,
     prune,
@@ -35,6 +36,7 @@ COMMANDS = (
     launch,
     parity,
     prune,
+    generate,
 )
 
 
