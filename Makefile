@@ -24,6 +24,8 @@ venv-dev: $(VENV)/.dev
 
 demo: venv-core
 	$(BIN)/jax-sft train configs/demo.yaml --overwrite
+	$(BIN)/jax-sft compare-answers out/demo/base/hf out/demo/hf --prompts configs/data/demo_prompts.jsonl \
+		--out out/demo/answers --overwrite --max_new_tokens 48
 
 test: venv-dev
 	$(BIN)/ruff check .

@@ -14,6 +14,7 @@ from interop.errors import UserError
 from jax_sft.commands import (
     bench,
     compare,
+    compare_answers,
     config,
     convert,
     dschat_step1,
@@ -37,6 +38,7 @@ COMMANDS = (
     parity,
     prune,
     generate,
+    compare_answers,
 )
 
 

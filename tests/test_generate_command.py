@@ -1,4 +1,5 @@
-"""`jax-sft generate`: adapters served merged, and bad input refused in one line."""
+"""`jax-sft generate` and `compare-answers`: adapters served merged, both models side by
+side, bad input refused in one line."""
 
 import json
 
@@ -12,11 +13,7 @@ PROMPTS = ["def add(a, b):", "The list of"]
 
 
 def tokens(capsys, model, *extra) -> list[list[int]]:
-    argv = ["generate", str(model), "--max_new_tokens", "12", "--json", *extra]
-    for prompt in PROMPTS:
-        argv += ["--prompt", prompt]
-    assert cli.main(argv) == 0
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["token_ids"]
+    return json.loads(_generated(capsys, model, *extra))["token_ids"]
 
 
 @pytest.mark.parametrize(
@@ -56,3 +53,30 @@ def test_bad_input_is_one_line_and_exit_2(tiny_base, tmp_path, capsys, extra, fr
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
+
+
+def test_compare_answers_writes_both_models_side_by_side(tiny_base, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    cfg = run_config(tiny_base, tmp_path / "run", optim={"learning_rate": 0.05})
+    train(cfg)
+    out = tmp_path / "answers"
+    argv = ["compare-answers", str(tiny_base), str(tmp_path / "run" / "hf")]
+    argv += ["--prompts", str(prompts), "--out", str(out), "--max_new_tokens", "12", "--json"]
+    assert cli.main(argv) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["prompts"] == PROMPTS and report["base"] != report["tuned"]
+    assert report["base"] == json.loads(_generated(capsys, tiny_base))["completions"]
+    table = (out / "answers.md").read_text().splitlines()
+    assert len(table) == 2 + len(PROMPTS) and table[2].startswith(f"| {PROMPTS[0]} |")
+    assert (out / "answers.html").read_text().count("<tr>") == 1 + len(PROMPTS)
+    assert cli.main(argv) == 2  # OUT exists: refused without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def _generated(capsys, model, *extra) -> str:
+    argv = ["generate", str(model), "--max_new_tokens", "12", "--json", *extra]
+    for prompt in PROMPTS:
+        argv += ["--prompt", prompt]
+    assert cli.main(argv) == 0
+    return capsys.readouterr().out.strip().splitlines()[-1]

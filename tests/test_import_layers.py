@@ -5,8 +5,8 @@ up the layers is still an upward dependency. Layers, lowest first:
 
 - jax_sft: models and sharding; checkpoints, core (tree helpers, loss, forward, the
   training-mode protocol, optimizer and jitted steps) and generate; sparse, lora and
-  prune (training modes);
-  train (setup, engine, runs); bench; commands; cli and the package root. A package
+  prune (training modes); train (setup, engine, runs) and serve (answering prompts);
+  bench; commands; cli and the package root. A package
   imports only from lower layers (never a peer), and no command imports another.
 - torch_ref: one layer per module (see TORCH_LAYERS).
 - interop: imports neither backend.
@@ -29,6 +29,7 @@ JAX_LAYERS = {
     "lora": 2,
     "prune": 2,
     "train": 3,
+    "serve": 3,
     "bench": 4,
     "commands": 5,
     "cli": 6,
