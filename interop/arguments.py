@@ -29,6 +29,9 @@ def add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top_k", type=int)
     p.add_argument("--top_p", type=float)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--stop", action="append", default=[], help="end an answer at this text (repeatable)"
+    )
 
 
 def sampling(args: argparse.Namespace) -> dict:
@@ -37,4 +40,5 @@ def sampling(args: argparse.Namespace) -> dict:
         "top_k": args.top_k,
         "top_p": args.top_p,
         "seed": args.seed,
+        "stop": args.stop,
     }

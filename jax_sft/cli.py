@@ -13,6 +13,7 @@ from interop.boundary import run_command
 from interop.errors import UserError
 from jax_sft.commands import (
     bench,
+    chat,
     compare,
     compare_answers,
     config,
@@ -39,6 +40,7 @@ COMMANDS = (
     prune,
     generate,
     compare_answers,
+    chat,
 )
 
 

@@ -84,9 +84,10 @@ class Answerer:
         return cls(config, graphdef, params, load_tokenizer(model))
 
     def answer(
-        self, prompts: list[str], max_new_tokens: int, **sampling
+        self, prompts: list[str], max_new_tokens: int, stop: list[str] = (), **sampling
     ) -> tuple[list[str], list[list[int]]]:
-        """(texts, token ids) of the new tokens of each prompt."""
+        """(texts, token ids) of the new tokens of each prompt, each cut before the first
+        of the `stop` strings it produces (the ids at the token that completes it)."""
         if not prompts or any(not p for p in prompts):
             raise UserError("--prompt: an empty prompt")
         if max_new_tokens < 1:
@@ -112,4 +113,15 @@ class Answerer:
             pad_token_id=pad or 0,
             **sampling,
         )
-        return [tok.decode(t, skip_special_tokens=True) for t in new], new
+        return tuple(map(list, zip(*(self._cut(t, stop) for t in new), strict=True)))
+
+    def _cut(self, ids: list[int], stop: list[str]) -> tuple[str, list[int]]:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        found = [text.index(s) for s in stop if s in text]
+        if not found:
+            return text, ids
+        end = min(found)
+        for n in range(1, len(ids) + 1):  # the first token whose text reaches the stop
+            if len(self.tokenizer.decode(ids[:n], skip_special_tokens=True)) > end:
+                return text[:end], ids[:n]
+        return text[:end], ids

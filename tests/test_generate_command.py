@@ -1,6 +1,7 @@
 """`jax-sft generate` and `compare-answers`: adapters served merged, both models side by
 side, bad input refused in one line."""
 
+import io
 import json
 
 import pytest
@@ -80,3 +81,28 @@ def _generated(capsys, model, *extra) -> str:
         argv += ["--prompt", prompt]
     assert cli.main(argv) == 0
     return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_stop_strings_cut_the_answer_and_its_tokens(tiny_base, capsys):
+    full = json.loads(_generated(capsys, tiny_base))
+    text, ids = full["completions"][0], full["token_ids"][0]
+    stop = text[4:7]
+    assert stop and stop in text
+    cut = json.loads(_generated(capsys, tiny_base, "--stop", stop))
+    assert cut["completions"][0] == text[: text.index(stop)]
+    kept = cut["token_ids"][0]
+    assert kept == ids[: len(kept)] and len(kept) < len(ids)
+
+
+def test_chat_answers_each_turn_and_drops_what_outgrows_the_context(tiny_base, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("def add(a, b):\nThe list of\nquit\n"))
+    assert cli.main(["chat", str(tiny_base), "--max_new_tokens", "400"]) == 0
+    out, err = capsys.readouterr()
+    argv = ["generate", str(tiny_base), "--max_new_tokens", "400", "--json"]
+    argv += ["--stop", "\n\nHuman:", "--prompt", "\n\nHuman: def add(a, b):\n\nAssistant:"]
+    assert cli.main(argv) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["completions"][0]
+    assert len(first) > 200 and out.startswith(first.strip())
+    # Turn 2 after turn 1's long answer needs more than the 512 positions: turn 1 goes.
+    assert "oldest turn no longer fits" in err
+    assert len(out) > len(first.strip()) + 1  # and turn 2 is answered
