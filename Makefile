@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test lint bench bench-sparse bench-deepspeed bench-prune venv-core venv-dev clean
+.PHONY: demo test lint bench bench-sparse bench-deepspeed bench-prune bench-generate venv-core venv-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-deepspeed: venv-dev
 
 bench-prune: venv-dev
 	$(BIN)/python scripts/pruned_forward_speed.py
+
+bench-generate: venv-dev
+	$(BIN)/jax-sft bench --generate
 
 lint: venv-dev
 	$(BIN)/ruff check .

@@ -1,9 +1,9 @@
 """Batched autoregressive generation with a preallocated KV cache, for every model family.
 
 Flow. Prompts are left-padded to one bucket length, so every row's last prompt token sits
-in the bucket's last slot. One jitted prefill runs the bucket through the model, filling
+in the bucket's last slot. A jitted `prefill` runs the bucket through the model, filling
 the cache (see `models.kv_cache` for its layout and masking rule) and sampling the first
-new token; one jitted decode then feeds one token per step inside a `lax.while_loop`,
+new token; a jitted `decode` then feeds one token per step inside a `lax.while_loop`,
 stopping early once every row has produced `eos_token_id`. Each row keeps its own
 positions (left padding is not counted), so a padded prompt continues exactly as it would
 alone.
@@ -98,8 +98,8 @@ def _decode_loop(step, first: jax.Array, carry, steps: int, eos: int, pad: int) 
     return jax.lax.while_loop(cond, body, state)[-1]
 
 
-@partial(jax.jit, static_argnames=("graphdef", "steps", "sampling", "eos", "pad"))
-def _generate_cached(
+@partial(jax.jit, static_argnames=("graphdef", "steps", "sampling"))
+def prefill(
     graphdef: nnx.GraphDef,
     params: nnx.State,
     ids: jax.Array,
@@ -108,13 +108,30 @@ def _generate_cached(
     *,
     steps: int,
     sampling: Sampling,
-    eos: int,
-    pad: int,
-) -> jax.Array:
+) -> tuple[jax.Array, object]:
+    """The prompts [batch, bucket] through the model into a fresh cache sized for
+    `steps` new tokens: (the first new token of each row, the cache)."""
     model = nnx.merge(graphdef, params)
     cache = model.init_cache(ids.shape[0], ids.shape[1] + steps - 1)
     logits, cache = model(ids, mask, cache=cache)
-    first = next_token(logits[:, -1], jax.random.fold_in(key, 0), sampling)
+    return next_token(logits[:, -1], jax.random.fold_in(key, 0), sampling), cache
+
+
+@partial(jax.jit, static_argnames=("graphdef", "steps", "sampling", "eos", "pad"))
+def decode(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    first: jax.Array,
+    cache: object,
+    key: jax.Array,
+    *,
+    steps: int,
+    sampling: Sampling,
+    eos: int,
+    pad: int,
+) -> jax.Array:
+    """Tokens [batch, steps] from the first one, one step per token on the cache."""
+    model = nnx.merge(graphdef, params)
 
     def step(cache, token, i):
         logits, cache = model(token[:, None], cache=cache)
@@ -124,7 +141,7 @@ def _generate_cached(
 
 
 @partial(jax.jit, static_argnames=("graphdef", "steps", "sampling", "eos", "pad"))
-def _generate_recomputed(
+def recomputed(
     graphdef: nnx.GraphDef,
     params: nnx.State,
     ids: jax.Array,
@@ -155,7 +172,7 @@ def _generate_recomputed(
 def compilations() -> int:
     """How many programs the generation functions hold compiled (one per shape bucket and
     setting); tests use it to show that a bucket is reused."""
-    return _generate_cached._cache_size() + _generate_recomputed._cache_size()
+    return prefill._cache_size() + decode._cache_size() + recomputed._cache_size()
 
 
 def generate(
@@ -184,18 +201,35 @@ def generate(
         raise UserError(f"generate: top_p must be in (0, 1], got {top_p}")
     ids, mask = left_pad(prompts, bucket_length(max(len(p) for p in prompts)), pad_token_id)
     eos = -1 if eos_token_id is None else eos_token_id
-    run = _generate_recomputed if recompute else _generate_cached
-    tokens = run(
-        graphdef,
-        params,
-        jnp.asarray(ids),
-        jnp.asarray(mask),
-        jax.random.key(seed),
-        steps=max_new_tokens,
-        sampling=Sampling(float(temperature), top_k, top_p),
-        eos=eos,
-        pad=pad_token_id,
-    )
+    key, settings = jax.random.key(seed), Sampling(float(temperature), top_k, top_p)
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    if recompute:
+        tokens = recomputed(
+            graphdef,
+            params,
+            ids,
+            mask,
+            key,
+            steps=max_new_tokens,
+            sampling=settings,
+            eos=eos,
+            pad=pad_token_id,
+        )
+    else:
+        first, cache = prefill(
+            graphdef, params, ids, mask, key, steps=max_new_tokens, sampling=settings
+        )
+        tokens = decode(
+            graphdef,
+            params,
+            first,
+            cache,
+            key,
+            steps=max_new_tokens,
+            sampling=settings,
+            eos=eos,
+            pad=pad_token_id,
+        )
     result = []
     for row in np.asarray(tokens).tolist():
         result.append(row[: row.index(eos) + 1] if eos in row else row)

@@ -43,6 +43,7 @@ TORCH_LAYERS = {
     "train.model": 0,
     "logits": 0,
     "accelerator": 0,
+    "bench_generate": 0,
     "train.sparse": 1,
     "train.lora": 1,
     "train.prune": 1,

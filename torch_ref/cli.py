@@ -10,6 +10,7 @@ deepspeed`, which launches it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,14 @@ def _train(args: argparse.Namespace) -> int:
     from torch_ref.train.run import train
 
     return train(args)
+
+
+def _bench_generate(args: argparse.Namespace) -> int:
+    from torch_ref.bench_generate import time_generate
+
+    result = time_generate(Path(args.model), args.batch, args.prompt_len, args.new, args.rounds)
+    print(json.dumps(result))
+    return 0
 
 
 def _write_deepspeed(args: argparse.Namespace) -> int:
@@ -88,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), required=True)
     add_overrides(p)
     p.set_defaults(run=_write_deepspeed)
+
+    p = sub.add_parser("bench-generate", help="transformers generation speed (internal)")
+    p.add_argument("model", help="Hugging Face model directory")
+    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--prompt-len", type=int, required=True)
+    p.add_argument("--new", type=int, required=True)
+    p.add_argument("--rounds", type=int, default=1)
+    p.set_defaults(run=_bench_generate)
     return parser
 
 

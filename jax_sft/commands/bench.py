@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import jax
+
 from interop.arguments import add_json, add_overrides
 from interop.config import load_config
 from interop.report import emit
-from jax_sft.bench import sparse_study
+from jax_sft.bench import generation, sparse_study
 from jax_sft.bench.throughput import throughput
 from jax_sft.train.engine import MEMORY_FIELDS
 from jax_sft.train.run import make_engine
@@ -32,6 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="the sparse fine-tuning quality study (dense, LoRA, five sparse methods)",
     )
+    p.add_argument(
+        "--generate",
+        action="store_true",
+        help="generation tokens/s, ours against transformers (docs/benchmarks.md)",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="generate: alternating rounds")
     p.add_argument("--sparse-lr", type=float, default=1e-2, help="study: LR of non-dense runs")
     p.add_argument("--docs", default="docs", help="study: where the table and PNG go")
     p.add_argument("--work", default="out/sparse-study", help="study: the runs' directories")
@@ -40,6 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.generate:
+        return run_generation(args)
     cfg = load_config(args.config, args.overrides)
     if args.sparse:
         return run_study(args, cfg)
@@ -57,6 +67,21 @@ def run(args: argparse.Namespace) -> int:
             f"{result['devices']} x {result['device_kind']}; MFU {mfu}"
         )
     emit(lines, summary, args.json)
+    return 0
+
+
+def run_generation(args: argparse.Namespace) -> int:
+    rows = generation.benchmark(args.rounds)
+    text = generation.table(rows)
+    docs = Path(args.docs) / "benchmarks.md"
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    docs.write_text(
+        "# Generation speed\n\n`jax-sft bench --generate` (a ~30M-parameter Llama, random "
+        f"weights, fp32 on {jax.devices()[0].device_kind}; prompts of {generation.PROMPT} "
+        f"tokens, {generation.NEW} new tokens, greedy; medians of {args.rounds} alternating "
+        "rounds; `transformers` in its own process):\n\n" + text
+    )
+    emit([text, f"wrote {docs}"], {"rows": rows}, args.json)
     return 0
 
 
