@@ -2,7 +2,8 @@
 
 The tiny ones train on two CPU cores in seconds and still have every structural feature
 of their family (GQA, tied heads, OPT's projections); `llama-1b` (~1.1B parameters
-without the embeddings) is what `scripts/gpu_check.sh` times on an accelerator.
+without the embeddings) is what `scripts/gpu_check.sh` times on an accelerator, and
+`llama-30m` (~29M) what the CPU benchmarks time (`bench-generate`, `bench-prune`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,22 @@ TINY_CONFIGS: dict[str, dict] = {
         "rms_norm_eps": 1e-5,
         "rope_theta": 500000.0,
         "tie_word_embeddings": False,
+        "hidden_act": "silu",
+    },
+    "llama-30m": {
+        **_COMMON,
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": 8192,
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
         "hidden_act": "silu",
     },
     "tiny-qwen2": {

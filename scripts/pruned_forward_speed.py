@@ -26,18 +26,9 @@ import transformers
 from interop.config import load_config
 from interop.pruning.masks import Pruner
 from interop.pruning.shrink import shrink
+from interop.tiny_configs import tiny_config
 
-CONFIG = {
-    "model_type": "llama",
-    "vocab_size": 8192,
-    "hidden_size": 512,
-    "intermediate_size": 1536,
-    "num_hidden_layers": 8,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 4,
-    "max_position_embeddings": 512,
-    "tie_word_embeddings": True,
-}
+CONFIG = tiny_config("llama-30m")
 CUTS = {"rows 50%": "rows", "heads 1/2": "heads"}
 
 

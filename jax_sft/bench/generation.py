@@ -27,28 +27,12 @@ import numpy as np
 from flax import nnx
 
 from interop.errors import BackendError
+from interop.tiny_configs import tiny_config
 from jax_sft.checkpoints.loading import write_checkpoint
 from jax_sft.generate import Sampling, bucket_length, decode, prefill, recomputed
 from jax_sft.models import registry
 
-CONFIG = {
-    "model_type": "llama",
-    "architectures": ["LlamaForCausalLM"],
-    "vocab_size": 8192,
-    "hidden_size": 512,
-    "intermediate_size": 1536,
-    "num_hidden_layers": 8,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 4,
-    "max_position_embeddings": 512,
-    "rms_norm_eps": 1e-6,
-    "rope_theta": 10000.0,
-    "tie_word_embeddings": True,
-    "hidden_act": "silu",
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "pad_token_id": 0,
-}
+CONFIG = tiny_config("llama-30m")
 PROMPT, NEW = 64, 128
 
 
