@@ -48,6 +48,7 @@ bench-prune: venv-dev
 
 bench-generate: venv-dev
 	$(BIN)/jax-sft bench --generate
+	$(BIN)/python scripts/decode_breakdown.py
 
 lint: venv-dev
 	$(BIN)/ruff check .

@@ -83,6 +83,23 @@ def test_greedy_matches_transformers_and_recompute(name):
     assert recomputed == ours
 
 
+def test_segments_cover_every_step_once():
+    assert gen.segment_ends(1) == []
+    assert gen.segment_ends(32) == [32]
+    assert gen.segment_ends(33) == [33]
+    assert gen.segment_ends(100) == [33, 65, 97, 100]
+
+
+@pytest.mark.parametrize("name", ("tiny-llama", "tiny-opt"))
+def test_a_cache_grown_segment_by_segment_decodes_as_recomputing(name):
+    _, graphdef, params = models(name)
+    batch, kw = prompts((5, 11, 3), seed=2), dict(eos_token_id=None, pad_token_id=PAD)
+    steps = 2 * gen.SEGMENT + 6  # three segments, the last one short
+    cached = gen.generate(graphdef, params, batch, steps, **kw)
+    assert [len(row) for row in cached] == [steps] * 3
+    assert gen.generate(graphdef, params, batch, steps, recompute=True, **kw) == cached
+
+
 def test_a_prompt_length_in_the_same_bucket_does_not_compile_again():
     _, graphdef, params = models("tiny-llama")
     kw = dict(eos_token_id=EOS, pad_token_id=PAD)

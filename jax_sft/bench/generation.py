@@ -121,3 +121,20 @@ def table(rows: list[dict]) -> str:
             f"| {r['cached_tok_s']:,.0f} / {r['recompute_tok_s']:,.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- bench --generate: begin -->", "<!-- bench --generate: end -->"
+
+
+def write_docs(path: Path, text: str) -> None:
+    """Put `text` between the markers in `path` (created with them when missing),
+    keeping whatever else the page says: the analysis around the figures."""
+    section = f"{BEGIN}\n{text}{END}\n"
+    old = path.read_text() if path.exists() else "# Generation speed\n\n"
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        new = head + section + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        new = old.rstrip("\n") + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new)

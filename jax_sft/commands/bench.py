@@ -74,12 +74,12 @@ def run_generation(args: argparse.Namespace) -> int:
     rows = generation.benchmark(args.rounds)
     text = generation.table(rows)
     docs = Path(args.docs) / "benchmarks.md"
-    docs.parent.mkdir(parents=True, exist_ok=True)
-    docs.write_text(
-        "# Generation speed\n\n`jax-sft bench --generate` (a ~30M-parameter Llama, random "
+    generation.write_docs(
+        docs,
+        "`jax-sft bench --generate` (a ~30M-parameter Llama, random "
         f"weights, fp32 on {jax.devices()[0].device_kind}; prompts of {generation.PROMPT} "
         f"tokens, {generation.NEW} new tokens, greedy; medians of {args.rounds} alternating "
-        "rounds; `transformers` in its own process):\n\n" + text
+        "rounds; `transformers` in its own process):\n\n" + text,
     )
     emit([text, f"wrote {docs}"], {"rows": rows}, args.json)
     return 0

@@ -1,7 +1,8 @@
 """A preallocated key/value cache for incremental decoding, shared by every family.
 
-Layout. Each layer owns keys and values of shape [batch, max_len, kv_heads, head_dim];
-one `index` (the slot the next chunk is written at) and one `mask` [batch, max_len]
+Layout. Each layer owns keys and values of shape [batch, kv_heads, max_len, head_dim]
+(head-major: the layout both attention products read directly, so a decode step never
+transposes the whole cache, only the new chunk it writes); one `index` (the slot the next chunk is written at) and one `mask` [batch, max_len]
 (1 where a slot holds a real token) serve all layers. A batch of prompts is left-padded
 to a common length, so slot s of every row is written at the same step and one scalar
 `index` suffices; a chunk of q tokens fills slots index .. index + q - 1.
@@ -22,7 +23,11 @@ from dataclasses import dataclass, replace
 import jax
 import jax.numpy as jnp
 
-from jax_sft.models.attention import dot_product_attention, positions_and_mask
+from jax_sft.models.attention import (
+    dot_product_attention,
+    head_major_attention,
+    positions_and_mask,
+)
 
 LayerKV = tuple[jax.Array, jax.Array, jax.Array]
 
@@ -50,7 +55,7 @@ class KVCache:
         dtype: jnp.dtype,
     ) -> KVCache:
         """An empty cache: zeros everywhere, nothing real, writing starts at slot 0."""
-        shape = (batch, max_len, kv_heads, head_dim)
+        shape = (batch, kv_heads, max_len, head_dim)
         return cls(
             keys=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
             values=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
@@ -61,6 +66,19 @@ class KVCache:
     @property
     def max_len(self) -> int:
         return self.mask.shape[1]
+
+    def grown(self, max_len: int) -> KVCache:
+        """The same cache with room for `max_len` slots: new slots are empty (masked)."""
+        extra = max_len - self.max_len
+        if extra <= 0:
+            return self
+        slots = ((0, 0), (0, 0), (0, extra), (0, 0))
+        return replace(
+            self,
+            keys=tuple(jnp.pad(k, slots) for k in self.keys),
+            values=tuple(jnp.pad(v, slots) for v in self.values),
+            mask=jnp.pad(self.mask, ((0, 0), (0, extra))),
+        )
 
 
 def begin(
@@ -113,10 +131,11 @@ def attend(
     if kv is None:
         return dot_product_attention(q, k, v, allowed, scale), None
     keys, values, index = kv
-    start = (0, index, 0, 0)
-    keys = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), start)
-    values = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), start)
-    return dot_product_attention(q, keys, values, allowed, scale), (keys, values, index)
+    start = (0, 0, index, 0)
+    k, v = (jnp.swapaxes(t, 1, 2).astype(keys.dtype) for t in (k, v))
+    keys = jax.lax.dynamic_update_slice(keys, k, start)
+    values = jax.lax.dynamic_update_slice(values, v, start)
+    return head_major_attention(q, keys, values, allowed, scale), (keys, values, index)
 
 
 def finish(

@@ -17,9 +17,11 @@ from interop.errors import UserError
 from jax_sft.models import kv_cache
 from jax_sft.models.hf_names import TRANSPOSE, NameTable, Rule
 from jax_sft.models.layers import ACTIVATIONS, Embed, Linear, RMSNorm, call_layer
-from jax_sft.models.rope import apply_rope, inverse_frequencies, rope_parameters
+from jax_sft.models.rope import apply_rope, inverse_frequencies, rope_parameters, rope_table
 
 MODEL_TYPES = ("llama", "qwen2", "mistral")
+
+Rope = tuple[jax.Array, jax.Array]
 
 
 @dataclass(frozen=True)
@@ -109,15 +111,14 @@ class Attention(nnx.Module):
         self.cfg = cfg
 
     def __call__(
-        self, x: jax.Array, positions: jax.Array, allowed: jax.Array, kv: kv_cache.LayerKV | None
+        self, x: jax.Array, rope: Rope, allowed: jax.Array, kv: kv_cache.LayerKV | None
     ) -> tuple[jax.Array, kv_cache.LayerKV | None]:
         b, s, _ = x.shape
         c = self.cfg
         q = self.q_proj(x).reshape(b, s, c.num_heads, c.head_dim)
         k = self.k_proj(x).reshape(b, s, c.num_kv_heads, c.head_dim)
         v = self.v_proj(x).reshape(b, s, c.num_kv_heads, c.head_dim)
-        inv_freq = inverse_frequencies(c.head_dim, dict(c.rope))
-        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
         out, kv = kv_cache.attend(q, k, v, allowed, c.head_dim**-0.5, kv)
         return self.o_proj(out.reshape(b, s, c.num_heads * c.head_dim)), kv
 
@@ -147,9 +148,9 @@ class DecoderLayer(nnx.Module):
         self.mlp = MLP(cfg, dtype, param_dtype, rngs)
 
     def __call__(
-        self, x: jax.Array, positions: jax.Array, allowed: jax.Array, kv: kv_cache.LayerKV | None
+        self, x: jax.Array, rope: Rope, allowed: jax.Array, kv: kv_cache.LayerKV | None
     ) -> tuple[jax.Array, kv_cache.LayerKV | None]:
-        h, kv = self.self_attn(self.input_layernorm(x), positions, allowed, kv)
+        h, kv = self.self_attn(self.input_layernorm(x), rope, allowed, kv)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), kv
 
@@ -227,9 +228,10 @@ class Llama(nnx.Module):
             cache, input_ids, attention_mask, positions, segment_ids
         )
         x = self.embed_tokens(input_ids)
+        rope = rope_table(positions, inverse_frequencies(self.cfg.head_dim, dict(self.cfg.rope)))
         kvs, per_layer = [], kv_cache.per_layer(cache, len(self.layers))
         for layer, kv in zip(self.layers, per_layer, strict=True):
-            x, kv = call_layer(layer, self.remat, x, positions, allowed, kv)
+            x, kv = call_layer(layer, self.remat, x, rope, allowed, kv)
             kvs.append(kv)
         x = self.norm(x)
         logits = self.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)

@@ -57,11 +57,17 @@ def inverse_frequencies(head_dim: int, params: dict) -> np.ndarray:
     return inv
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-    """Rotate x [batch, seq, heads, head_dim] by its positions [batch, seq]."""
+def rope_table(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """(cos, sin) [batch, seq, 1, head_dim] in fp32 for positions [batch, seq]; computed
+    once per forward and shared by every layer (and by q and k)."""
     freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
     emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
-    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, table: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Rotate x [batch, seq, heads, head_dim] by its `rope_table`."""
+    cos, sin = (t.astype(x.dtype) for t in table)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos + rotated * sin
