@@ -13,7 +13,10 @@ exactly zero. Each `PruneRule` is one technique (DeepSpeed's `sparse_pruning`,
   tensor), `global` (an entry, ranked across all tensors of a group), `rows` (an FFN
   neuron: a row of the up/gate projections with the matching column of the down
   projection) or `heads` (an attention head: its query/key/value rows and output
-  columns; with grouped-query attention a whole KV group, so the model stays valid).
+  columns; with grouped-query attention a whole KV group, so the model stays valid),
+  or `N:M` (`2:4`, `4:8`: of every M consecutive inputs of each output row, the N best
+  stay: the semi-structured sparsity GPU tensor cores run at up to twice the speed; the
+  sparsity is then 1 - N/M, and the input dimension must divide by M).
 - schedule: one cut at `start_step` (dense before it) or, with `end_step`, a gradual
   one from `start_step` to `end_step` every `every` steps on the cubic schedule of Zhu &
   Gupta (2017); masks only ever lose entries.
@@ -28,6 +31,7 @@ optimizer step until the last cut, driving weights to zero before they are cut.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -43,6 +47,15 @@ from interop.schema import Section, check_regexes
 
 Sparsity = Annotated[float, Field(ge=0.0, lt=1.0)]
 PATTERNS = ("unstructured", "global", "rows", "heads")
+N_M = re.compile(r"^(\d+):(\d+)$")
+
+
+def n_of_m(pattern: str) -> tuple[int, int] | None:
+    """(N, M) of an `N:M` pattern; None for the others."""
+    match = N_M.match(pattern)
+    return (int(match[1]), int(match[2])) if match else None
+
+
 RULE_KEYS = (
     "method",
     "pattern",
@@ -73,7 +86,7 @@ class PruneRule(Section):
     """One pruning technique (see the module docstring)."""
 
     method: Literal["magnitude", "random", "movement", "topk"] = "magnitude"
-    pattern: Literal["unstructured", "global", "rows", "heads"] = "unstructured"
+    pattern: str = "unstructured"
     sparsity: Sparsity = 0.5
     modules: list[str] | None = None  # None: every module the pattern can cut
     excluded_modules: list[str] = []
@@ -87,8 +100,38 @@ class PruneRule(Section):
         lambda v: v if v is None else check_regexes(v)
     )
 
+    @field_validator("pattern", mode="before")
+    @classmethod
+    def _pattern(cls, value: Any) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            raise ValueError(
+                f'got the number {value}: quote an N:M pattern in YAML (pattern: "2:4"); '
+                "unquoted, YAML reads 2:4 as sexagesimal 124"
+            )
+        if value in PATTERNS or not isinstance(value, str):
+            return value
+        n_m = n_of_m(value)
+        if n_m is None:
+            raise ValueError(f"must be one of {', '.join(PATTERNS)} or N:M (e.g. 2:4)")
+        if not 0 < n_m[0] < n_m[1]:
+            raise ValueError("N:M keeps N of every M inputs: 0 < N < M")
+        return value
+
     @model_validator(mode="after")
     def _schedule(self) -> PruneRule:
+        n_m = n_of_m(self.pattern)
+        if n_m is not None:
+            implied = 1.0 - n_m[0] / n_m[1]
+            if "sparsity" in self.model_fields_set and abs(self.sparsity - implied) > 1e-9:
+                raise ValueError(
+                    f"pattern {self.pattern} means sparsity {implied:g}; leave sparsity out"
+                )
+            if self.groups or self.method == "topk" or self.end_step is not None:
+                raise ValueError(
+                    f"pattern {self.pattern}: one cut (no end_step) by magnitude, random or "
+                    "movement, without groups"
+                )
+            self.sparsity = implied
         if self.end_step is not None and self.end_step <= self.start_step:
             raise ValueError(
                 f"end_step {self.end_step} must come after start_step {self.start_step} "

@@ -8,10 +8,9 @@ stopping early once every row has produced `eos_token_id`. The cache starts with
 for the bucket and the first SEGMENT new tokens and grows by SEGMENT slots between loops,
 so a step attends roughly the slots it needs rather than all that the last step will
 (attention reads the whole cache each step: on a CPU that read is a quarter of a decode
-step's time at batch 8, and segments cut it by about a quarter for 128 new tokens). Each
-row keeps its own
-positions (left padding is not counted), so a padded prompt continues exactly as it would
-alone.
+step's time at batch 8, and segments cut it by about a quarter for 128 new tokens).
+Each row keeps its own positions (left padding is not counted), so a padded prompt
+continues exactly as it would alone.
 
 Buckets. The bucket is the next power of two at or above the longest prompt, at least
 `MIN_BUCKET`. Compiled programs depend only on shapes and static settings: (batch,

@@ -94,7 +94,7 @@ def main() -> None:
         weights = weights_seconds(kernels, batch)
         rest = step - weights - attention
 
-        def cell(s: float) -> str:
+        def cell(s: float, step: float = step) -> str:
             return f"{s * 1e3:.2f} ({s / step:.0%})"
 
         print(

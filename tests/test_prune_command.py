@@ -110,8 +110,8 @@ def test_random_method_is_seeded(llama, tmp_path, capsys):
     [
         (["--sparsity", "1.0"], "--sparsity 1.0"),
         (["--sparsity", "-0.1"], "--sparsity -0.1"),
-        (["--sparsity", "0.5", "--method", "sparsegpt"], "argument --method"),
-        (["--sparsity", "0.5", "--pattern", "n:m"], "argument --pattern"),
+        (["--sparsity", "0.5", "--method", "snip"], "argument --method"),
+        (["--sparsity", "0.5", "--pattern", "n:m"], "--pattern n:m: must be one of"),
         (["--sparsity", "0.5", "--modules", "mlp", "atention"], "--modules 'atention'"),
         (["--sparsity", "0.5", "--exclude", "nothing_here"], "--exclude 'nothing_here'"),
         (["--sparsity", "0.5", "--modules", "("], "--modules"),

@@ -28,6 +28,7 @@ SCENARIOS = {
     "rows": {"pattern": "rows", "sparsity": 0.5, "start_step": 2},
     "heads": {"pattern": "heads", "sparsity": 0.5, "start_step": 2},
     "topk": {"method": "topk", "pattern": "unstructured", "sparsity": 0.5, "start_step": 2},
+    "2:4": {"pattern": "2:4"},
 }
 
 
@@ -101,6 +102,22 @@ def test_unstructured_masks_are_the_numpy_top_magnitudes_and_hold(runs, tiny_bas
     assert len(evals) == 3 and evals[-1] < evals[0]
     report = json.loads((out / "pruning.json").read_text())
     assert report["tensors"][targets[0]]["sparsity"] == 0.5
+
+
+def test_two_of_four_masks_keep_each_groups_largest_and_hold(runs, tiny_base):
+    cfg, masks, _ = runs["2:4"]
+    base, tuned = _hf(tiny_base), _hf(Path(cfg.train.output_dir) / "hf")
+    targets = [n for n in base if n.endswith("_proj.weight")]
+    for name in targets:
+        groups = np.abs(base[name]).reshape(-1, 4)  # [out, in]: 4 consecutive inputs
+        order = np.argsort(-groups, axis=1, kind="stable")
+        want = np.zeros(groups.shape, bool)
+        np.put_along_axis(want, order[:, :2], True, axis=1)
+        kept = (tuned[name] != 0).reshape(-1, 4)
+        assert np.array_equal(kept, want), name
+    assert all(np.all(tuned[n] != 0) for n in base if n not in targets)
+    first = masks[2]
+    assert all(all(np.array_equal(m[p], first[p]) for p in first) for m in masks.values())
 
 
 def test_gradual_masks_only_lose_entries_up_to_the_target(runs):
@@ -202,6 +219,13 @@ def test_bad_prune_settings_are_refused_with_the_field():
         "model.layers.0.self_attn.o_proj.weight": (64, 64),
         "model.layers.0.mlp.up_proj.weight": (128, 64),
     }
+    gpt2 = {**tiny_config("tiny-gpt2"), "n_layer": 1}
+    with pytest.raises(UserError, match=r"transformer.h.0.attn.c_proj.weight has 64 inputs, not"):
+        Pruner(
+            load_config(None, ['prune.pattern="3:5"']).prune,
+            gpt2,
+            {"transformer.h.0.attn.c_proj.weight": (64, 64)},
+        )
     cases = [
         (["prune.pattern=heads", "prune.sparsity=0.75"], "groups of 2"),
         (["prune.modules=[nothing_here]"], "match no prunable module"),
@@ -217,6 +241,10 @@ def test_bad_prune_settings_are_refused_with_the_field():
         (["prune.method=topk", "prune.end_step=9"], "topk keeps its ratio"),
         (["prune.start_step=5", "prune.end_step=3"], "end_step 3 must come after"),
         (["prune.sparsity=0.5", "lora.rank=4"], "choose one of"),
+        (['prune.pattern="4:2"'], "0 < N < M"),
+        (["prune.pattern=2:4"], "quote an N:M pattern"),
+        (['prune.pattern="2:4"', "prune.sparsity=0.7"], "means sparsity 0.5"),
+        (['prune.pattern="2:4"', "prune.end_step=9"], "one cut"),
     ]:
         with pytest.raises(UserError, match=fragment):
             load_config(None, sets)

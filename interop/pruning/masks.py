@@ -50,10 +50,13 @@ class Pruner:
             rule = self.cfg.rules[unit.rule]
             if rule.method == "topk":
                 continue  # learned: the backends keep the top scores at every step
-            keep = unit.keep_count(rule.sparsity_at(done, unit.group.sparsity))
             alive = self.alive(unit, new)
             scores = self._scores(unit, rule.method, weights, movement, done)
-            chosen = _top(scores, alive, keep)
+            if unit.n_m is not None:
+                chosen = _top_n_of_m(scores, alive, self.shapes[unit.key], *unit.n_m)
+            else:
+                keep = unit.keep_count(rule.sparsity_at(done, unit.group.sparsity))
+                chosen = _top(scores, alive, keep)
             for name, mask in self.expand(unit, chosen).items():
                 new[name] &= mask
         return new
@@ -121,6 +124,21 @@ def _top(scores: np.ndarray, alive: np.ndarray, keep: int) -> np.ndarray:
     chosen = np.zeros(scores.shape, bool)
     chosen[order[: min(keep, int(alive.sum()))]] = True
     return chosen
+
+
+def _top_n_of_m(
+    scores: np.ndarray, alive: np.ndarray, shape: tuple, n: int, m: int, axis: int
+) -> np.ndarray:
+    """Flags (flat, like `scores`) of the `n` best alive entries in every run of `m`
+    consecutive entries along `axis` (stable: ties go to the lower index)."""
+    ranked = np.where(alive, scores, -np.inf).reshape(shape)
+    ranked = np.moveaxis(ranked, axis, -1)
+    groups = ranked.reshape(*ranked.shape[:-1], -1, m)
+    order = np.argsort(-groups, axis=-1, kind="stable")
+    chosen = np.zeros(groups.shape, bool)
+    np.put_along_axis(chosen, order[..., :n], True, axis=-1)
+    chosen &= groups > -np.inf
+    return np.moveaxis(chosen.reshape(ranked.shape), -1, axis).reshape(-1)
 
 
 def sparsity_report(masks: Mapping[str, np.ndarray]) -> dict[str, dict]:

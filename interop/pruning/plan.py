@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from interop.errors import UserError
-from interop.prune_config import PruneConfig, PruneGroup, PruneRule
-from interop.pruning.structure import Block, Member, blocks, linear_weights
+from interop.prune_config import PruneConfig, PruneGroup, PruneRule, n_of_m
+from interop.pruning.structure import Block, Member, blocks, input_axis, linear_weights
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Unit:
     ranked: tuple[str, ...]  # the tensors whose entries score the items
     structured: bool
     heads_per_item: int = 1
+    n_m: tuple[int, int, int] | None = None  # N:M: (N, M, the tensor's input axis)
 
     def keep_count(self, sparsity: float) -> int:
         """Items kept at `sparsity`: DeepSpeed's ceil(dense_ratio * n) over entries,
@@ -70,6 +71,22 @@ def _units(
     def chosen(name: str) -> bool:
         return _search(group.modules, name) and not _search(rule.excluded_modules, name)
 
+    n_m = n_of_m(rule.pattern)
+    if n_m is not None:
+        return [
+            Unit(
+                n,
+                index,
+                group,
+                math.prod(shapes[n]),
+                (Member(n, 0),),
+                (n,),
+                False,
+                n_m=_n_m(index, rule.pattern, n, shapes[n], n_m, hf_config),
+            )
+            for n in linear_weights(hf_config, shapes)
+            if chosen(n)
+        ]
     if rule.pattern in ("unstructured", "global"):
         names = [n for n in linear_weights(hf_config, shapes) if chosen(n)]
         if rule.pattern == "global" and names:
@@ -105,6 +122,19 @@ def _units(
             )
         )
     return units
+
+
+def _n_m(
+    index: int, pattern: str, name: str, shape: tuple, n_m: tuple[int, int], hf_config: Mapping
+) -> tuple[int, int, int]:
+    """(N, M, input axis) of one tensor; its inputs must come in whole groups of M."""
+    axis = input_axis(hf_config, name)
+    if shape[axis] % n_m[1]:
+        raise UserError(
+            f"prune.rules[{index}] ({pattern}): {name} has {shape[axis]} inputs, not a "
+            f"multiple of {n_m[1]}; exclude it (excluded_modules) or choose another M"
+        )
+    return (*n_m, axis)
 
 
 def _check_related(index: int, group: PruneGroup, block: Block) -> None:

@@ -87,6 +87,12 @@ def linear_weights(hf_config: Mapping, shapes: Mapping[str, tuple]) -> list[str]
     return [n for n in shapes if n in names and n.endswith(".weight") and len(shapes[n]) == 2]
 
 
+def input_axis(hf_config: Mapping, name: str) -> int:
+    """The axis of a linear weight that runs over its inputs: 1 for `nn.Linear`'s
+    [out, in], 0 for GPT-2's Conv1D [in, out]."""
+    return 0 if hf_config["model_type"] == "gpt2" else 1
+
+
 def _llama(c: Mapping, shapes: Mapping[str, tuple]) -> list[Block]:
     heads = c["num_attention_heads"]
     kv = c.get("num_key_value_heads") or heads

@@ -32,13 +32,15 @@ from interop.checkpoints.hf_write import write_hf_checkpoint
 from interop.config import RunConfig, describe_error
 from interop.errors import UserError
 from interop.outputs import output_dir, write_json
-from interop.prune_config import PATTERNS, PruneConfig, PruneRule
+from interop.prune_config import PATTERNS, PruneConfig, PruneRule, n_of_m
 from interop.pruning.masks import Pruner, sparsity_report
 from interop.pruning.plan import module_of, plan
 from interop.pruning.shrink import REPORT, masked, pruning_report, shrink
 from interop.report import emit
+from jax_sft.prune.calibrate import METHODS as CALIBRATED
+from jax_sft.prune.one_shot import calibrated_cut
 
-METHODS = ("magnitude", "random")  # movement needs training: a `prune` run config
+METHODS = ("magnitude", "random", *CALIBRATED)  # movement needs training: a run config
 FLAGS = {
     "method": "--method",
     "pattern": "--pattern",
@@ -55,14 +57,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output directory (must not exist unless --overwrite)")
     p.add_argument("--method", choices=METHODS, default="magnitude", help="how items rank")
     p.add_argument(
-        "--sparsity", type=float, required=True, help="fraction of each unit removed, in [0, 1)"
+        "--sparsity",
+        type=float,
+        help="fraction of each unit removed, in [0, 1) (an N:M pattern implies it)",
     )
     p.add_argument(
         "--pattern",
-        choices=PATTERNS,
         default="unstructured",
-        help="entries per tensor, entries across tensors, FFN neurons, or attention heads",
+        help=f"{', '.join(PATTERNS)} (entries per tensor, entries across tensors, FFN "
+        "neurons, attention heads) or N:M, e.g. 2:4 (N kept of every M inputs)",
     )
+    p.add_argument(
+        "--data",
+        help="wanda/sparsegpt: calibration text (a dataset file or directory, any format "
+        "training reads)",
+    )
+    p.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=128,
+        help="calibration sequences (wanda/sparsegpt)",
+    )
+    p.add_argument("--max-seq-len", type=int, default=512, help="tokens per calibration sequence")
     p.add_argument(
         "--modules",
         nargs="+",
@@ -93,11 +109,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def prune_config(args: argparse.Namespace) -> PruneConfig:
     """The flags as a validated `prune` section; a bad value names its flag."""
     rule = {
-        "method": args.method,
+        "method": "magnitude" if args.method in CALIBRATED else args.method,
         "pattern": args.pattern,
-        "sparsity": args.sparsity,
         "excluded_modules": args.exclude,
     }
+    if args.sparsity is not None:
+        rule["sparsity"] = args.sparsity
+    elif n_of_m(args.pattern) is None:
+        raise UserError(f"--sparsity is needed with --pattern {args.pattern}")
+    if args.method in CALIBRATED:
+        if args.pattern not in ("unstructured",) and n_of_m(args.pattern) is None:
+            raise UserError(
+                f"--method {args.method} prunes entries: --pattern unstructured (each row "
+                f"alike) or N:M, not {args.pattern}"
+            )
+        if not args.data:
+            raise UserError(f"--method {args.method} needs calibration text: --data FILE")
     if args.modules:
         rule["modules"] = args.modules
     section = {"rules": [rule], "seed": args.seed}
@@ -114,7 +141,13 @@ def prune_config(args: argparse.Namespace) -> PruneConfig:
 def check_regexes(args: argparse.Namespace, hf_config: Mapping, shapes: Mapping) -> None:
     """Each --modules / --exclude regex must name a module the pattern can prune."""
     every = plan(
-        PruneConfig(rules=[PruneRule(pattern=args.pattern, sparsity=0.0)]), hf_config, shapes
+        PruneConfig(
+            rules=[
+                PruneRule(pattern=args.pattern, **({} if n_of_m(args.pattern) else {"sparsity": 0}))
+            ]
+        ),
+        hf_config,
+        shapes,
     )
     modules = sorted({module_of(name) for unit in every for name in unit.ranked})
     for flag, regexes in (("--modules", args.modules), ("--exclude", args.exclude)):
@@ -144,7 +177,10 @@ def run(args: argparse.Namespace) -> int:
         pruner = Pruner(cfg, hf_config, shapes)
         with output_dir(out, args.overwrite) as tmp:
             tensors = dict(reader)
-            masks = pruner.cut(0, tensors, pruner.initial_masks())
+            if args.method in CALIBRATED:
+                masks = calibrated_cut(model, hf_config, tensors, pruner, args)
+            else:
+                masks = pruner.cut(0, tensors, pruner.initial_masks())
             if args.pattern in ("rows", "heads") and not args.no_shrink:
                 config, written, notes = shrink(hf_config, tensors, pruner, masks)
             else:
@@ -171,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         "report": str(out / REPORT),
         "method": args.method,
         "pattern": args.pattern,
-        "sparsity": args.sparsity,
+        "sparsity": cfg.rules[0].sparsity,
         "shrunk": shrunk,
         "notes": notes,
         **counts,
@@ -181,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
     }
     kind = "shrunk" if shrunk else "dense with exact zeros"
     lines = [
-        f"pruned {model} -> {out / 'hf'}: {args.method} {args.pattern} at {args.sparsity:g}: "
+        f"pruned {model} -> {out / 'hf'}: {args.method} {args.pattern} at "
+        f"{cfg.rules[0].sparsity:g}: "
         f"{zeros:,} of {size:,} entries of {len(report)} tensors removed ({zeros / size:.1%})",
         f"parameters {counts['parameters_before']:,} -> {counts['parameters_after']:,} ({kind})",
     ]

@@ -212,6 +212,17 @@ class GPT2(nnx.Module):
             dtype=self.wte.dtype,
         )
 
+    @property
+    def blocks(self) -> nnx.List:
+        """The transformer blocks, each called as block(x, *layer_args, kv) -> (x, kv)."""
+        return self.h
+
+    def layer_inputs(self, input_ids: jax.Array) -> tuple[jax.Array, tuple]:
+        """(the first block's input, the other arguments every block takes) for whole
+        unpadded sequences: what layer-by-layer calibration starts from."""
+        _, positions, allowed = kv_cache.begin(None, input_ids, None, None, None)
+        return self.wte(input_ids) + self.wpe(positions), (allowed,)
+
     def __call__(
         self,
         input_ids: jax.Array,

@@ -2,8 +2,9 @@
 
 Layout. Each layer owns keys and values of shape [batch, kv_heads, max_len, head_dim]
 (head-major: the layout both attention products read directly, so a decode step never
-transposes the whole cache, only the new chunk it writes); one `index` (the slot the next chunk is written at) and one `mask` [batch, max_len]
-(1 where a slot holds a real token) serve all layers. A batch of prompts is left-padded
+transposes the whole cache, only the new chunk it writes); one `index` (the slot the
+next chunk is written at) and one `mask` [batch, max_len] (1 where a slot holds a real
+token) serve all layers. A batch of prompts is left-padded
 to a common length, so slot s of every row is written at the same step and one scalar
 `index` suffices; a chunk of q tokens fills slots index .. index + q - 1.
 

@@ -9,6 +9,8 @@ transpose recorded in each family's name table.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import jax
@@ -48,10 +50,29 @@ class Linear(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if _CAPTURED is not None:
+            _CAPTURED[id(self)] = x
         y = x.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
+
+
+_CAPTURED: dict[int, jax.Array] | None = None
+
+
+@contextmanager
+def linear_inputs() -> Iterator[dict[int, jax.Array]]:
+    """Inside, every `Linear` called records its input under id(module): how pruning
+    calibration (Wanda, SparseGPT) sees the activations each layer's weights meet.
+    Recording happens while tracing, so under `jax.jit` the inputs come out as values
+    of the traced function; outside the block nothing is recorded."""
+    global _CAPTURED
+    _CAPTURED = {}
+    try:
+        yield _CAPTURED
+    finally:
+        _CAPTURED = None
 
 
 class Embed(nnx.Module):

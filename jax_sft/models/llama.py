@@ -210,6 +210,20 @@ class Llama(nnx.Module):
             dtype=self.embed_tokens.dtype,
         )
 
+    @property
+    def blocks(self) -> nnx.List:
+        """The decoder layers, each called as layer(x, *layer_args, kv) -> (x, kv)."""
+        return self.layers
+
+    def layer_inputs(self, input_ids: jax.Array) -> tuple[jax.Array, tuple]:
+        """(the first layer's input, the other arguments every layer takes) for whole
+        unpadded sequences: what layer-by-layer calibration starts from."""
+        _, positions, allowed = kv_cache.begin(None, input_ids, None, None, None)
+        return self.embed_tokens(input_ids), (self._rope(positions), allowed)
+
+    def _rope(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return rope_table(positions, inverse_frequencies(self.cfg.head_dim, dict(self.cfg.rope)))
+
     def __call__(
         self,
         input_ids: jax.Array,
@@ -228,7 +242,7 @@ class Llama(nnx.Module):
             cache, input_ids, attention_mask, positions, segment_ids
         )
         x = self.embed_tokens(input_ids)
-        rope = rope_table(positions, inverse_frequencies(self.cfg.head_dim, dict(self.cfg.rope)))
+        rope = self._rope(positions)
         kvs, per_layer = [], kv_cache.per_layer(cache, len(self.layers))
         for layer, kv in zip(self.layers, per_layer, strict=True):
             x, kv = call_layer(layer, self.remat, x, rope, allowed, kv)

@@ -209,6 +209,23 @@ class OPT(nnx.Module):
             dtype=self.embed_tokens.dtype,
         )
 
+    @property
+    def blocks(self) -> nnx.List:
+        """The decoder layers, each called as layer(x, *layer_args, kv) -> (x, kv)."""
+        return self.layers
+
+    def layer_inputs(self, input_ids: jax.Array) -> tuple[jax.Array, tuple]:
+        """(the first layer's input, the other arguments every layer takes) for whole
+        unpadded sequences: what layer-by-layer calibration starts from."""
+        _, positions, allowed = kv_cache.begin(None, input_ids, None, None, None)
+        return self._embed(input_ids, positions), (allowed,)
+
+    def _embed(self, input_ids: jax.Array, positions: jax.Array) -> jax.Array:
+        x = self.embed_tokens(input_ids)
+        if self.project_in is not None:
+            x = self.project_in(x)
+        return x + self.embed_positions(positions + POSITION_OFFSET)
+
     def __call__(
         self,
         input_ids: jax.Array,
@@ -220,10 +237,7 @@ class OPT(nnx.Module):
         cache, positions, allowed = kv_cache.begin(
             cache, input_ids, attention_mask, positions, segment_ids
         )
-        x = self.embed_tokens(input_ids)
-        if self.project_in is not None:
-            x = self.project_in(x)
-        x = x + self.embed_positions(positions + POSITION_OFFSET)
+        x = self._embed(input_ids, positions)
         kvs, per_layer = [], kv_cache.per_layer(cache, len(self.layers))
         for layer, kv in zip(self.layers, per_layer, strict=True):
             x, kv = call_layer(layer, self.remat, x, allowed, kv)
