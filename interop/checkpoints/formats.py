@@ -6,6 +6,7 @@ from pathlib import Path
 
 from interop.checkpoints.deepspeed_files import is_deepspeed_dir
 from interop.checkpoints.hf import is_hf_dir, read_json_object
+from interop.checkpoints.sparse_bitmask import is_sparse_dir
 from interop.errors import UserError
 from interop.lora_format import is_lora_adapter
 
@@ -19,8 +20,8 @@ def is_orbax_model_dir(path: str | Path) -> bool:
 
 
 def detect_format(path: str | Path) -> str:
-    """'hf', 'orbax', 'deepspeed', 'lora-adapter' (peft) or 'sparse-adapter'; a UserError
-    naming the path when it is none."""
+    """'hf', 'sparse' (HF with bitmask-compressed tensors), 'orbax', 'deepspeed',
+    'lora-adapter' (peft) or 'sparse-adapter'; a UserError naming the path when it is none."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: no such file or directory")
@@ -31,6 +32,8 @@ def detect_format(path: str | Path) -> str:
         return "orbax"
     if is_deepspeed_dir(p):
         return "deepspeed"
+    if is_sparse_dir(p):
+        return "sparse"
     if is_hf_dir(p):
         return "hf"
     if p.is_dir() and not (p / "config.json").is_file():

@@ -18,6 +18,7 @@ from interop.checkpoints.hf import (
     read_hf_config,
 )
 from interop.checkpoints.hf_write import write_hf_checkpoint
+from interop.checkpoints.sparse_bitmask import dense_config, iter_dense, write_sparse
 from interop.errors import UserError
 from interop.lora_format import merge_lora
 from interop.lora_format import read_adapter as read_lora
@@ -28,7 +29,7 @@ from jax_sft.checkpoints.placed import TensorSource
 from jax_sft.models import registry
 from jax_sft.models.hf_names import NameTable, hf_to_ours, ours_to_hf
 
-FORMATS = ("hf", "orbax")
+FORMATS = ("hf", "orbax", "sparse")
 
 
 def _checked(
@@ -67,9 +68,10 @@ def iter_checkpoint(path: str | Path) -> tuple[str, dict, Iterator[tuple[str, np
 
     def stream() -> Iterator[tuple[str, np.ndarray]]:
         with HFCheckpointReader(p) as reader:
-            yield from hf_to_ours(registry.name_table(config), reader, expected, str(p))
+            tensors = iter_dense(reader, config) if fmt == "sparse" else reader
+            yield from hf_to_ours(registry.name_table(config), tensors, expected, str(p))
 
-    return fmt, config, stream()
+    return fmt, dense_config(config) if fmt == "sparse" else config, stream()
 
 
 def read_checkpoint(path: str | Path) -> tuple[str, dict, dict[str, np.ndarray]]:
@@ -90,11 +92,11 @@ def write_checkpoint(
     """Write `flat` into the existing directory `dst` as format `fmt`."""
     if fmt == "orbax":
         save_orbax_model(dst, flat, config, tokenizer_src)
-    elif fmt == "hf":
-        table = registry.name_table(config)
-        write_hf_checkpoint(
+    elif fmt in ("hf", "sparse"):
+        writer = write_sparse if fmt == "sparse" else write_hf_checkpoint
+        writer(
             dst,
-            ours_to_hf(table, flat),
+            ours_to_hf(registry.name_table(config), flat),
             config,
             max_shard_size=max_shard_size,
             tokenizer_src=tokenizer_src,

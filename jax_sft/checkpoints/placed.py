@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 
 from interop.checkpoints.formats import ORBAX_PARAMS, detect_format
 from interop.checkpoints.hf import HFCheckpointReader, read_hf_config
+from interop.checkpoints.sparse_bitmask import DecodedSparse, dense_config
 from interop.errors import UserError
 from interop.sparse_format import fingerprint
 from jax_sft.checkpoints.orbax_io import nest
@@ -41,11 +42,15 @@ class TensorSource:
         if self.format.endswith("adapter"):
             raise UserError(f"{self.path}: an adapter, not a model")
         self.config = read_hf_config(self.path)
+        if self.format == "sparse":
+            self.config = dense_config(self.config)
         registry.family_of(self.config, f"{self.path / 'config.json'}")
         self.table = registry.name_table(self.config)
         self.shapes = registry.expected_shapes(self.config)
-        if self.format == "hf":
-            self._reader = HFCheckpointReader(self.path)
+        if self.format in ("hf", "sparse"):
+            self._reader = (
+                HFCheckpointReader(self.path) if self.format == "hf" else DecodedSparse(self.path)
+            )
             stored = {n: self._reader.shape(n) for n in self._reader.names()}
             self._layout = hf_layout(self.table, stored, self.shapes, str(self.path))
             self._dtypes = {p: self._reader.dtype(n) for p, (n, _) in self._layout.items()}
@@ -67,7 +72,7 @@ class TensorSource:
 
     def read(self, path: str) -> np.ndarray:
         """One whole tensor, in our layout and its stored dtype."""
-        if self.format == "hf":
+        if self.format != "orbax":
             name, transform = self._layout[path]
             return transform.to_ours(self._reader.get(name), self.shapes[path])
         target = {path: np.empty(self.shapes[path], self._dtypes[path])}

@@ -1,6 +1,9 @@
-"""`jax-sft convert SRC DST --to {hf,orbax,deepspeed}`: checkpoint conversion, source detected.
+"""`jax-sft convert SRC DST --to {hf,orbax,sparse,deepspeed}`: checkpoint conversion,
+source detected.
 
-A DeepSpeed source streams: one tensor is read, converted and written at a time.
+A DeepSpeed source streams: one tensor is read, converted and written at a time. `sparse`
+is HF with pruned tensors as bitmask + values (`interop.checkpoints.sparse_bitmask`); a
+conversion to or from it also reports the bytes stored.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 
 from interop.arguments import add_json, add_overrides
 from interop.checkpoints.formats import detect_format
+from interop.checkpoints.sparse_bitmask import stored_bytes
 from interop.config import load_config
 from interop.errors import UserError
 from interop.outputs import output_dir
@@ -107,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
         "bytes": nbytes,
     }
     line = f"converted {src} ({fmt}) -> {dst} ({args.to}): {tensors} tensors, {nbytes:,} bytes"
+    if "sparse" in (fmt, args.to):
+        stored = stored_bytes(dst if args.to == "sparse" else src)
+        summary["compressed_bytes"] = stored
+        line += f" dense, {stored:,} bytes compressed ({stored / max(nbytes, 1):.1%})"
     emit([line], summary, args.json)
     return 0
 
