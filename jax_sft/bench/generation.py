@@ -133,7 +133,8 @@ def write_docs(path: Path, text: str) -> None:
     old = path.read_text() if path.exists() else "# Generation speed\n\n"
     if BEGIN in old and END in old:
         head, rest = old.split(BEGIN, 1)
-        new = head + section + rest.split(END, 1)[1].lstrip("\n")
+        after = rest.split(END, 1)[1].lstrip("\n")
+        new = head + section + ("\n" + after if after else "")
     else:
         new = old.rstrip("\n") + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
