@@ -90,6 +90,13 @@ def segment_ends(steps: int) -> list[int]:
     return [min(end, steps) for end in range(1 + SEGMENT, steps + SEGMENT, SEGMENT)]
 
 
+def first_end(steps: int) -> int:
+    """The end of the first segment (1 when nothing is decoded): the prefill cache holds
+    the bucket and the slots of the steps before it."""
+    ends = segment_ends(steps)
+    return ends[0] if ends else 1
+
+
 def _decode_loop(step, first: jax.Array, carry, ends: list[int], eos: int, pad: int, grow):
     """Tokens [batch, ends[-1]]: `first`, then `step(carry, token, i) -> (carry, token)`
     until every row has emitted eos; finished rows get `pad`. One `while_loop` per
@@ -128,8 +135,7 @@ def prefill(
     """The prompts [batch, bucket] through the model into a fresh cache sized for
     `steps` new tokens: (the first new token of each row, the cache)."""
     model = nnx.merge(graphdef, params)
-    first_end = segment_ends(steps)[0] if steps > 1 else 1
-    cache = model.init_cache(ids.shape[0], ids.shape[1] + first_end - 1)
+    cache = model.init_cache(ids.shape[0], ids.shape[1] + first_end(steps) - 1)
     logits, cache = model(ids, mask, cache=cache)
     return next_token(logits[:, -1], jax.random.fold_in(key, 0), sampling), cache
 
@@ -150,7 +156,7 @@ def decode(
     """Tokens [batch, steps] from the first one, one step per token on the cache; the
     cache grows by a segment at a time, so a step attends only the slots it could need."""
     model = nnx.merge(graphdef, params)
-    ends, bucket = segment_ends(steps), cache.max_len - (segment_ends(steps) or [1])[0] + 1
+    bucket = cache.max_len - first_end(steps) + 1
 
     def step(cache, token, i):
         logits, cache = model(token[:, None], cache=cache)
@@ -159,7 +165,7 @@ def decode(
     def grow(cache, end):
         return cache.grown(bucket + end - 1)
 
-    return _decode_loop(step, first, cache, ends, eos, pad, grow)
+    return _decode_loop(step, first, cache, segment_ends(steps), eos, pad, grow)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "steps", "sampling", "eos", "pad"))

@@ -1,6 +1,7 @@
 """`jax-sft prune --method wanda | sparsegpt`: calibration on the model's own activations,
 layer after layer, checked against activations `transformers` records for the same text."""
 
+import json
 import re
 from argparse import Namespace
 
@@ -71,6 +72,9 @@ def pruned(tiny_base, tmp_path_factory):
         status = cli.main(["prune", str(tiny_base), str(dst), *flags, *CALIBRATION, "--json"])
         assert status == 0, name
         out[name] = tensors(dst / "hf")
+        report = json.loads((dst / "pruning.json").read_text())
+        assert report["rules"][0]["method"] == flags[1], name
+        assert report["calibration"] == {"data": DATA, "samples": 8, "max_seq_len": 64}
     return out
 
 

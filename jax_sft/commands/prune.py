@@ -193,7 +193,14 @@ def run(args: argparse.Namespace) -> int:
             }
             shrunk = config != hf_config
             extra = {"model": str(model), **counts}
+            if args.method in CALIBRATED:
+                extra["calibration"] = {
+                    "data": args.data,
+                    "samples": args.calibration_samples,
+                    "max_seq_len": args.max_seq_len,
+                }
             report = pruning_report(pruner, masks, shrunk=shrunk, notes=notes, extra=extra)
+            report["rules"][0]["method"] = args.method  # the plan ranked by magnitude
             write_json(tmp / REPORT, report)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
