@@ -150,3 +150,17 @@ def test_bad_input_is_one_line_and_exit_2(tiny_base, tmp_path, capsys, flags, fr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and re.search(fragment, lines[0]), stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_fused_projection_is_refused_before_any_calibration():
+    from interop.errors import UserError
+    from interop.tiny_configs import tiny_config
+    from jax_sft.models import registry
+    from jax_sft.prune.calibrate import prune_model
+
+    model = registry.build_model(tiny_config("tiny-gpt2"))
+    ids = np.ones((1, 8), np.int32)
+    with pytest.raises(UserError, match=r"h\.0\.attn\.c_attn\.kernel is not a plain linear"):
+        prune_model(model, ids, {"h.0.attn.c_attn.kernel"}, "wanda", sparsity=0.5, n_m=None)
+    masks = prune_model(model, ids, {"h.1.mlp.c_fc.kernel"}, "wanda", sparsity=0.5, n_m=None)
+    assert list(masks) == ["h.1.mlp.c_fc.kernel"] and masks["h.1.mlp.c_fc.kernel"].mean() == 0.5

@@ -74,13 +74,21 @@ def prune_model(
     """Prune the kernels at `targets` (our paths, e.g. `layers.0.mlp.up_proj.kernel`) of
     `model` in place with `method` on calibration sequences `ids`; returns their masks
     (True = kept) in our [in, out] layout."""
+    paths = {id(m): path_str(p) for p, m in nnx.iter_modules(model)}
+    linear = {f"{paths[id(m)]}.kernel" for _, m in nnx.iter_modules(model) if isinstance(m, Linear)}
+    missing = sorted(targets - linear)
+    if missing:  # refused before any calibration work
+        raise UserError(
+            f"--method {method}: {missing[0]} is not a plain linear layer's weight "
+            "(e.g. GPT-2's fused c_attn); exclude it with --exclude"
+        )
     graphdef, state = nnx.split(model)
     batches = [
         _start(graphdef, state, ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)
     ]
     masks: dict[str, np.ndarray] = {}
-    for index, layer in enumerate(model.blocks):
-        prefix = f"{_block_prefix(model, layer)}{index}."
+    for layer in model.blocks:
+        prefix = f"{paths[id(layer)]}."
         kernels = {
             path_str(p): m
             for p, m in nnx.iter_modules(layer)
@@ -92,21 +100,7 @@ def prune_model(
                 masks[f"{prefix}{name}.kernel"] = _prune(module, stats[name], method, sparsity, n_m)
         layer_def, layer_state = nnx.split(layer)
         batches = [(_forward(layer_def, layer_state, x, args), args) for x, args in batches]
-    missing = sorted(targets - set(masks))
-    if missing:
-        raise UserError(
-            f"--method {method}: {missing[0]} is not a plain linear layer's weight "
-            "(e.g. GPT-2's fused c_attn); exclude it with --exclude"
-        )
     return masks
-
-
-def _block_prefix(model: nnx.Module, layer: nnx.Module) -> str:
-    """Our path prefix of the model's decoder layers (`layers.`, `h.`)."""
-    for path, module in nnx.iter_modules(model):
-        if module is layer:
-            return path_str(path[:-1]) + "."
-    raise ValueError("the layer is not part of the model")
 
 
 def _statistics(layer, kernels: Mapping, batches: list, method: str) -> dict:
