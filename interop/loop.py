@@ -188,6 +188,8 @@ class _Loop:
                 "tokens": int(m["tokens"]),
                 "tokens_per_s": rate,
             }
+            if "distill" in m:
+                entry["distill"] = float(m["distill"])
             self.check(entry)
             self.log.write(entry)
             self.last_logged = entry

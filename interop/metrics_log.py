@@ -1,8 +1,9 @@
 """Where a run reports: `metrics.jsonl`, TensorBoard event files, a terminal progress line.
 
 `metrics.jsonl` holds one JSON object per logged step (`step`, `loss`, `lr`, `grad_norm`,
-`tokens`, `tokens_per_s`) and per evaluation (`step`, `eval_loss`, `eval_ppl`). On resume
-the entries past the restored step are dropped, so the file always describes one run.
+`tokens`, `tokens_per_s`, and `distill` when the run distils) and per evaluation
+(`step`, `eval_loss`, `eval_ppl`). On resume the entries past the restored step are
+dropped, so the file always describes one run.
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ import numpy as np
 from interop.checkpoints.hf import HFCheckpointReader
 
 
-def step_losses(metrics: Path) -> dict[int, float]:
-    """{step: training loss} from a run's metrics.jsonl."""
+def step_losses(metrics: Path, key: str = "loss") -> dict[int, float]:
+    """{step: training loss} (or another per-step metric, `key`) from a run's metrics.jsonl."""
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return {int(r["step"]): float(r["loss"]) for r in rows if "loss" in r}
+    return {int(r["step"]): float(r[key]) for r in rows if key in r}
 
 
 def final_eval(metrics: Path) -> dict | None:

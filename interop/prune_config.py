@@ -27,6 +27,10 @@ exactly zero. Each `PruneRule` is one technique (DeepSpeed's `sparse_pruning`,
 `regularization` (`l1`: a proximal soft-threshold step on the targeted weights;
 `group_lasso`: the same on the L2 norms of the targeted rows or heads) acts after every
 optimizer step until the last cut, driving weights to zero before they are cut.
+
+`distill: squarehead` adds per-layer distillation from the dense model the run starts
+from (Kurtic et al. 2023; `interop.pruning.distill` defines it) to the loss, weighted by
+`distill_weight`: the pruned model is taught to keep the dense model's hidden states.
 """
 
 from __future__ import annotations
@@ -178,6 +182,8 @@ class PruneConfig(Section):
     regularization: Literal["none", "l1", "group_lasso"] = "none"
     reg_weight: NonNegativeFloat = 0.0
     seed: NonNegativeInt = 0
+    distill: Literal["none", "squarehead"] = "none"
+    distill_weight: NonNegativeFloat = 1.0
 
     @model_validator(mode="before")
     @classmethod
@@ -191,6 +197,12 @@ class PruneConfig(Section):
             raise ValueError(f"give prune.{next(iter(top))} inside prune.rules, or no rules")
         rest = {k: v for k, v in data.items() if k not in top}
         return {**rest, "rules": [top]}
+
+    @model_validator(mode="after")
+    def _distill_needs_rules(self) -> PruneConfig:
+        if self.distill != "none" and not self.rules:
+            raise ValueError("prune.distill distils into a pruned model: give a pruning rule")
+        return self
 
     @property
     def enabled(self) -> bool:

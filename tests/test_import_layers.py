@@ -47,6 +47,7 @@ TORCH_LAYERS = {
     "train.sparse": 1,
     "train.lora": 1,
     "train.prune": 1,
+    "train.distill": 1,
     "train.optimizer": 2,
     "train.build": 3,
     "train.trainer": 4,

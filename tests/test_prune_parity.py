@@ -1,11 +1,11 @@
 """Pruning's DeepSpeed configs run on both backends and train the same pruned model.
 
-`configs/ds_prune_l1.json` (DeepSpeed's `sparse_pruning`, l1, dense_ratio 0.5) and
-`configs/ds_prune_rows.json` (`row_pruning` with related modules) go unchanged through
-`jax-sft parity --deepspeed_config`: the JAX trainer and the PyTorch reference (which
-implements the masks itself, DeepSpeed 0.19 having dropped them) must agree on every
-step's loss, the final weights, and every exact zero. The suite runs 10 steps; the
-issue's 50-step figures are in docs/pruning.md.
+`configs/ds_prune_l1.json` (DeepSpeed's `sparse_pruning`, l1, dense_ratio 0.5; here with
+SquareHead distillation on) and `configs/ds_prune_rows.json` (`row_pruning` with related
+modules) go unchanged through `jax-sft parity --deepspeed_config`: the JAX trainer and
+the PyTorch reference (which implements the masks itself, DeepSpeed 0.19 having dropped
+them) must agree on every step's loss (and distillation term), the final weights, and
+every exact zero. The suite runs 10 steps; the 50-step figures are in docs/pruning.md.
 """
 
 import json
@@ -26,9 +26,14 @@ def test_ds_compression_configs_prune_alike_on_both_backends(parity_bases, tmp_p
     for setting in [f"model.path={parity_bases['tiny-llama']}", "model.tiny=null"]:
         argv += ["--set", setting]
     argv += ["--set", f"train.output_dir={out}"]
+    distil = ds == "ds_prune_l1.json"
+    if distil:
+        argv += ["--set", "prune.distill=squarehead"]
     assert cli.main(argv) == 0
     report = json.loads((out / "parity.json").read_text())
     assert report["max_rel_loss_diff"] <= 1e-4
+    assert ("max_rel_distill_diff" in report) == distil
+    assert report.get("max_rel_distill_diff", 0.0) <= 1e-4
     assert report["final_max_abs_param_diff"] <= 1e-5
     assert report["zero_mismatches"] == 0 and report["tensors_only_in_one"] == []
     sides = [json.loads((out / side / "pruning.json").read_text()) for side in ("jax", "torch")]

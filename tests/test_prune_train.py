@@ -28,7 +28,7 @@ SCENARIOS = {
     "rows": {"pattern": "rows", "sparsity": 0.5, "start_step": 2},
     "heads": {"pattern": "heads", "sparsity": 0.5, "start_step": 2},
     "topk": {"method": "topk", "pattern": "unstructured", "sparsity": 0.5, "start_step": 2},
-    "2:4": {"pattern": "2:4"},
+    "2:4": {"pattern": "2:4", "distill": "squarehead"},  # masks held with distillation on
 }
 
 
@@ -118,6 +118,14 @@ def test_two_of_four_masks_keep_each_groups_largest_and_hold(runs, tiny_base):
     assert all(np.all(tuned[n] != 0) for n in base if n not in targets)
     first = masks[2]
     assert all(all(np.array_equal(m[p], first[p]) for p in first) for m in masks.values())
+    # Distilled from the dense model: the term is logged every step, nonzero once the
+    # cut model differs from its teacher; runs without distillation log none.
+    out = Path(cfg.train.output_dir)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    terms = [r["distill"] for r in rows if "loss" in r]
+    assert len(terms) == STEPS and min(terms) > 0
+    plain = Path(runs["unstructured"][0].train.output_dir) / "metrics.jsonl"
+    assert "distill" not in plain.read_text()
 
 
 def test_gradual_masks_only_lose_entries_up_to_the_target(runs):

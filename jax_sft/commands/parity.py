@@ -121,7 +121,7 @@ def summarize(out: Path, steps: int, procs: int, resumed: bool = False) -> dict:
         batch["attention_mask"],
     )
     evals = {side: final_eval(out / side / "metrics.jsonl") for side in ("jax", "torch")}
-    return {
+    summary = {
         "steps": steps,
         "processes": procs,
         **losses,
@@ -129,6 +129,12 @@ def summarize(out: Path, steps: int, procs: int, resumed: bool = False) -> dict:
         "final_max_abs_logit_diff": logit_diff,
         "final_eval": evals,
     }
+    distill = [step_losses(out / side / "metrics.jsonl", "distill") for side in ("jax", "torch")]
+    if any(distill):  # the distillation term logged on both sides, step for step
+        same = sorted(distill[0]) == sorted(distill[1])
+        worst = compare_losses(*distill)["max_rel_loss_diff"] if same else float("inf")
+        summary["max_rel_distill_diff"] = worst
+    return summary
 
 
 def run(args: argparse.Namespace) -> int:
@@ -157,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         summary["max_rel_loss_diff"] <= args.rtol
         and summary["final_max_abs_param_diff"] <= args.param_atol
         and (cfg.training_mode != "prune" or summary["zero_mismatches"] == 0)
+        and summary.get("max_rel_distill_diff", 0.0) <= args.rtol
     )
     summary.update(passed=passed, rtol=args.rtol, param_atol=args.param_atol)
     (out / "parity.json").write_text(json.dumps(summary, indent=1) + "\n")

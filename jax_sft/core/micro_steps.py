@@ -19,16 +19,22 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jax_sft.core.forward import forward_loss
+from jax_sft.core.loss import scored_tokens
 from jax_sft.core.mode import TrainingMode
 from jax_sft.core.step import TrainState, apply_gradients
 from jax_sft.sharding.placement import Placement
 
 
-def _mean_rank_loss(graphdef: nnx.GraphDef, params: dict, mb: dict, ranks: int) -> jax.Array:
+def _mean_rank_loss(
+    graphdef: nnx.GraphDef, mode: TrainingMode, state: dict, trained: dict, mb: dict, ranks: int
+) -> jax.Array:
     rows = {k: v.reshape(ranks, -1, v.shape[-1]) for k, v in mb.items()}
-    sums, counts = jax.vmap(lambda r: forward_loss(graphdef, params, r))(rows)
-    return jnp.mean(sums / jnp.maximum(counts, 1).astype(jnp.float32))
+
+    def rank_mean(r: dict) -> jax.Array:
+        total = mode.micro_loss(graphdef, state, trained, r)[0]
+        return total / jnp.maximum(scored_tokens(r["labels"]), 1).astype(jnp.float32)
+
+    return jnp.mean(jax.vmap(rank_mean)(rows))
 
 
 def make_micro_steps(
@@ -45,12 +51,12 @@ def make_micro_steps(
 
     def grad(state: TrainState, mb: dict) -> tuple[jax.Array, dict]:
         loss, grads = jax.value_and_grad(
-            lambda t: _mean_rank_loss(graphdef, mode.params(state, t), mb, ranks)
+            lambda t: _mean_rank_loss(graphdef, mode, state, t, mb, ranks)
         )(mode.trained(state))
         return loss, jax.tree.map(lambda g: g / accumulation, grads)
 
     def loss(state: TrainState, mb: dict) -> jax.Array:
-        return _mean_rank_loss(graphdef, mode.params(state), mb, ranks)
+        return _mean_rank_loss(graphdef, mode, state, mode.trained(state), mb, ranks)
 
     def apply(state: TrainState, grads: dict, lr: jax.Array) -> TrainState:
         return apply_gradients(state, grads, lr, optimizer, placement, mode)[0]

@@ -13,6 +13,9 @@ step know a mode only through this protocol:
   `with_trained`; `sharded_trained` says whether the trained tree is placed like the
   parameters (dense, pruning) or replicated (small trees: sparse values, LoRA).
 - `params(state, trained)`: the model's parameters, computed inside the jit.
+- `micro_loss(graphdef, state, trained, mb)`: the summed objective of one micro-batch
+  and the summed metrics it reports ("loss" is the token cross entropy); a mode that
+  adds a data-dependent term (distillation) overrides it.
 - `penalty(trained)`: an optional loss term; `decay_mask(trained)`: which trained
   entries take weight decay; `lr_scales(trained)`: per-leaf learning-rate multipliers.
 - `before_step(step, state, batch)` / `after_step(done, state)`: hooks around each
@@ -41,6 +44,7 @@ from jax.sharding import Mesh
 
 from interop.config import RunConfig
 from interop.data.batches import Batches
+from jax_sft.core.forward import forward_loss
 from jax_sft.models.hf_names import NameTable
 
 
@@ -85,6 +89,15 @@ class TrainingMode:
 
     def params(self, state: Mapping, trained: Mapping | None = None) -> Mapping:
         raise NotImplementedError
+
+    def micro_loss(
+        self, graphdef: nnx.GraphDef, state: Mapping, trained: Mapping, mb: dict
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Traced: (the summed objective of micro-batch `mb` under the trained tree
+        `trained`, {metric name: its sum over the micro-batch's scored tokens}). Sums, not
+        means, so accumulation divides once by the global batch's scored tokens."""
+        total, _ = forward_loss(graphdef, self.params(state, trained), mb)
+        return total, {"loss": total}
 
     def penalty(self, trained: Mapping) -> jax.Array | None:
         return None

@@ -85,24 +85,21 @@ def make_train_step(
     def step(state: TrainState, batch: dict, lr: jax.Array) -> tuple[TrainState, dict]:
         trained = mode.trained(state)
         value_and_grad = jax.value_and_grad(
-            lambda t, mb: forward_loss(graphdef, mode.params(state, t), mb)[0]
+            lambda t, mb: mode.micro_loss(graphdef, state, t, mb), has_aux=True
         )
 
-        def accumulate(grads: dict, mb: dict) -> tuple[dict, jax.Array]:
-            loss_sum, g = value_and_grad(trained, mb)
-            return jax.tree.map(jnp.add, grads, g), loss_sum
+        def accumulate(grads: dict, mb: dict) -> tuple[dict, dict]:
+            (_, sums), g = value_and_grad(trained, mb)
+            return jax.tree.map(jnp.add, grads, g), sums
 
         zeros = jax.tree.map(jnp.zeros_like, trained)
-        grads, loss_sums = jax.lax.scan(accumulate, zeros, batch)
+        grads, sums = jax.lax.scan(accumulate, zeros, batch)
         tokens = scored_tokens(batch["labels"])
         denom = jnp.maximum(tokens, 1).astype(jnp.float32)
         grads = jax.tree.map(lambda g: g / denom, grads)
         new_state, grads = apply_gradients(state, grads, lr, optimizer, placement, mode)
-        metrics = {
-            "loss": jnp.sum(loss_sums) / denom,
-            "grad_norm": optax.tree.norm(grads),
-            "tokens": tokens,
-        }
+        metrics = {k: jnp.sum(v) / denom for k, v in sums.items()}
+        metrics |= {"grad_norm": optax.tree.norm(grads), "tokens": tokens}
         return new_state, metrics
 
     return jax.jit(

@@ -148,8 +148,29 @@ ACTIVATIONS = {
 def call_layer(layer: nnx.Module, remat: bool, *args: Any) -> Any:
     """`layer(*args)`, rematerialised in the backward pass when `remat` (activation
     checkpointing): only the layer's inputs are kept, its insides are recomputed. Arguments
-    and results are pytrees (arrays, a layer's KV cache or None)."""
-    if not remat:
-        return layer(*args)
-    graphdef, state = nnx.split(layer)
-    return jax.checkpoint(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, *args)
+    and results are pytrees (arrays, a layer's KV cache or None); the first result is the
+    block's output, recorded inside `block_outputs()`."""
+    if remat:
+        graphdef, state = nnx.split(layer)
+        out = jax.checkpoint(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, *args)
+    else:
+        out = layer(*args)
+    if _BLOCKS is not None:
+        _BLOCKS.append(out[0])
+    return out
+
+
+_BLOCKS: list[jax.Array] | None = None
+
+
+@contextmanager
+def block_outputs() -> Iterator[list[jax.Array]]:
+    """Inside, every transformer block called through `call_layer` appends its output
+    (the residual stream after the block, before any final norm), in order: the hidden
+    states per-layer distillation compares. Like `linear_inputs`, it records at trace time."""
+    global _BLOCKS
+    _BLOCKS = []
+    try:
+        yield _BLOCKS
+    finally:
+        _BLOCKS = None

@@ -5,12 +5,14 @@ mask per targeted parameter under "masks" (bit-packed, `prune.bits`; nested like
 parameters, so each mask is placed like its weight), for `movement` rules the
 accumulated -grad x W under "movement", and for `topk` rules the learned scores under
 "scores" (trained with the parameters: the optimizer then sees {"params", "scores"},
-see `prune.topk`). Which entries a cut removes is decided by `interop.pruning.Pruner`
-in the Hugging Face layout, the one implementation both backends share: at a cut the
-ranked weights are gathered to the host, turned into HF tensors, ranked, and the masks
-come back in our layout. How the zeros are held is `prune.updates`. The export is the
-dense model with exact zeros, or, for rows and heads, the smaller model with those
-structures cut out (`interop.pruning.shrink`), and `pruning.json` beside it.
+see `prune.topk`), and with `distill: squarehead` the frozen dense model under "teacher"
+(placed like the parameters; `prune.distill`). Which entries a cut removes is decided
+by `interop.pruning.Pruner` in the Hugging Face layout, the one implementation both
+backends share: at a cut the ranked weights are gathered to the host, turned into HF
+tensors, ranked, and the masks come back in our layout. How the zeros are held is
+`prune.updates`. The export is the dense model with exact zeros, or, for rows and heads,
+the smaller model with those structures cut out (`interop.pruning.shrink`), and
+`pruning.json` beside it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from interop.errors import UserError
 from interop.pruning.masks import Pruner
@@ -28,6 +31,7 @@ from jax_sft.core.mode import ModeStart, TrainingMode
 from jax_sft.core.trees import dotted, hf_decay_mask, leaf_at, nested, update_leaves
 from jax_sft.models.hf_names import NameTable
 from jax_sft.prune.bits import pack, pack_host, unpack, unpack_host
+from jax_sft.prune.distill import distilled_loss
 from jax_sft.prune.topk import LearnedMasks
 from jax_sft.prune.updates import group_shrink, masked, soft_threshold, to_hf, to_ours, zero_pruned
 from jax_sft.sharding.distributed import to_host
@@ -80,6 +84,9 @@ class PruneTraining(TrainingMode):
         if mode.learned is not None:
             scores = mode.learned.initial()
             arrays["scores"] = {"entries": nested(scores["entries"]), "units": scores["units"]}
+        if mode.cfg.distill == "squarehead":
+            # A copy: the parameters train (and are donated) while the teacher stays.
+            arrays["teacher"] = jax.tree.map(jnp.copy, ctx.params)
         return mode, arrays
 
     def _hf_host(self, tree: Mapping, paths: list[str]) -> dict[str, np.ndarray]:
@@ -145,6 +152,14 @@ class PruneTraining(TrainingMode):
         return update_leaves(
             out, {p: (lambda w, p=p: w * learned[p].astype(w.dtype)) for p in learned}
         )
+
+    def micro_loss(
+        self, graphdef: nnx.GraphDef, state: Mapping, trained: Mapping, mb: dict
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        if self.cfg.distill == "none":
+            return super().micro_loss(graphdef, state, trained, mb)
+        student = self.params(state, trained)
+        return distilled_loss(graphdef, student, state["teacher"], mb, self.cfg.distill_weight)
 
     def decay_mask(self, trained: Mapping) -> Mapping:
         """The no-decay rule on the parameters; learned scores decay (DeepSpeed-Chat's

@@ -23,6 +23,7 @@ from interop.preflight import check_run
 from interop.pruning.masks import Pruner
 from interop.sparse_format import checked_adapter
 from torch_ref.train import lora, prune, sparse
+from torch_ref.train.distill import Distiller
 from torch_ref.train.model import (
     Source,
     StoredWeights,
@@ -43,6 +44,7 @@ class Built:
     base_fingerprint: str | None = None
     pruner: Pruner | None = None
     notes: list[str] = field(default_factory=list)
+    distiller: Distiller | None = None
 
 
 def build(cfg: RunConfig) -> Built:
@@ -85,8 +87,12 @@ def build(cfg: RunConfig) -> Built:
         model = lora.attach(model, cfg, lora_adapter)
         if lora_adapter is not None:
             notes.append(f"continuing the LoRA factors of {lora_adapter}")
+    distiller = None
+    if mode == "prune" and cfg.prune.distill == "squarehead":
+        distiller = Distiller(model, cfg.prune.distill_weight)  # the dense model, before masks
     pruner = prune.attach(model, cfg) if mode == "prune" else None
-    return Built(model, tok, eot, source, mode, base_fp, pruner, [*source.notes, *notes])
+    notes = [*source.notes, *notes]
+    return Built(model, tok, eot, source, mode, base_fp, pruner, notes, distiller)
 
 
 def _check_dtype(dtype: str) -> None:

@@ -10,6 +10,8 @@ reaches the optimizer is exactly d(sum over the global batch / N). The logged lo
 the all-reduced sum / N. A sparse regularization penalty is added to the first
 micro-batch's loss on every rank, so it enters the averaged gradient once, as the JAX
 step adds its gradient after averaging (it is not part of the logged loss there either).
+A distillation term (`torch_ref.train.distill`) is a sum over scored tokens like the
+loss, so it is scaled with it; "loss" stays the cross entropy, "distill" is logged beside.
 
 grad_norm is the global norm of that averaged gradient before clipping, as the JAX
 metric: DeepSpeed's ZeRO and mixed-precision optimizers record it during `step`; with
@@ -80,6 +82,7 @@ class Trainer:
         )
         self.own_norm = self.engine.optimizer is optimizer  # ZeRO-0 fp32: unwrapped
         self.pruner = built.pruner
+        self.distiller = built.distiller and built.distiller.to(self.engine.device)
         self.global_steps = 0
         self.resumed_from: Path | None = None
 
@@ -101,10 +104,17 @@ class Trainer:
             self.rank,
             self.engine.device,
         )
-        loss_sum, grad_norm = 0.0, None
+        loss_sum, distill_sum, grad_norm = 0.0, 0.0, None
         for a, mb in enumerate(parts):
-            total, _ = forward_loss(self.engine, mb)
-            loss = total * scale
+            if self.distiller is None:
+                total, _ = forward_loss(self.engine, mb)
+                loss = total * scale
+            else:
+                with self.distiller.student_forward():
+                    total, _ = forward_loss(self.engine, mb)
+                term = self.distiller.term(mb)
+                loss = (total + self.distiller.weight * term) * scale
+                distill_sum += float(term.detach())
             penalty = sparse.penalty(self.engine.module, self.cfg) if a == 0 else None
             if penalty is not None:
                 loss = loss + penalty
@@ -119,13 +129,16 @@ class Trainer:
         self.global_steps += 1
         if self.pruner is not None:
             prune.cut(self.engine.module, self.pruner, self.global_steps)
-        (loss_sum,) = distributed.all_sum([loss_sum])
-        return {
+        loss_sum, distill_sum = distributed.all_sum([loss_sum, distill_sum])
+        metrics = {
             "loss": loss_sum / max(tokens, 1),
             "grad_norm": grad_norm,
             "tokens": tokens,
             "lr": lr,
         }
+        if self.distiller is not None:
+            metrics["distill"] = distill_sum / max(tokens, 1)
+        return metrics
 
     def host_metrics(self, metrics: list[dict]) -> list[dict]:
         return metrics
