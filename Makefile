@@ -44,6 +44,7 @@ bench-deepspeed: venv-dev
 	$(BIN)/python scripts/deepspeed_convert_memory.py
 
 bench-prune: venv-dev
+	$(BIN)/jax-sft bench --prune configs/demo.yaml
 	$(BIN)/python scripts/pruned_forward_speed.py
 
 bench-generate: venv-dev

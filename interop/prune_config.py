@@ -8,7 +8,10 @@ exactly zero. Each `PruneRule` is one technique (DeepSpeed's `sparse_pruning`,
   `random` (seeded), `movement` (Sanh et al. 2020: importance accumulates -grad * W over
   the steps before each cut), `topk` (DeepSpeed's learned scores: every step keeps the
   items with the top scores, which train with the weights through a straight-through
-  estimator, so a pruned entry can come back; its ratio holds from `start_step` on).
+  estimator, so a pruned entry can come back; its ratio holds from `start_step` on),
+  `wanda` / `sparsegpt` (one cut before training from the activations of
+  `calibration_samples` sequences of the run's train data; SparseGPT also repairs the
+  weights it keeps).
 - `pattern`: what one ranked item is: `unstructured` (an entry, ranked within its
   tensor), `global` (an entry, ranked across all tensors of a group), `rows` (an FFN
   neuron: a row of the up/gate projections with the matching column of the down
@@ -51,6 +54,7 @@ from interop.schema import Section, check_regexes
 
 Sparsity = Annotated[float, Field(ge=0.0, lt=1.0)]
 PATTERNS = ("unstructured", "global", "rows", "heads")
+CALIBRATED = ("wanda", "sparsegpt")  # methods that rank by the activations of calibration data
 N_M = re.compile(r"^(\d+):(\d+)$")
 
 
@@ -89,7 +93,7 @@ class PruneGroup(Section):
 class PruneRule(Section):
     """One pruning technique (see the module docstring)."""
 
-    method: Literal["magnitude", "random", "movement", "topk"] = "magnitude"
+    method: Literal["magnitude", "random", "movement", "topk", "wanda", "sparsegpt"] = "magnitude"
     pattern: str = "unstructured"
     sparsity: Sparsity = 0.5
     modules: list[str] | None = None  # None: every module the pattern can cut
@@ -132,8 +136,8 @@ class PruneRule(Section):
                 )
             if self.groups or self.method == "topk" or self.end_step is not None:
                 raise ValueError(
-                    f"pattern {self.pattern}: one cut (no end_step) by magnitude, random or "
-                    "movement, without groups"
+                    f"pattern {self.pattern}: one cut (no end_step) by magnitude, random, "
+                    "movement, wanda or sparsegpt, without groups"
                 )
             self.sparsity = implied
         if self.end_step is not None and self.end_step <= self.start_step:
@@ -148,6 +152,17 @@ class PruneRule(Section):
             )
         if self.method == "topk" and self.pattern == "global":
             raise ValueError("method topk ranks within each tensor or structure, not global")
+        if self.method in CALIBRATED:
+            if self.pattern != "unstructured" and n_m is None:
+                raise ValueError(
+                    f"method {self.method} prunes entries: pattern unstructured (each output "
+                    f"row alike) or N:M, not {self.pattern}"
+                )
+            if self.start_step != 0 or self.end_step is not None or self.groups:
+                raise ValueError(
+                    f"method {self.method} cuts once, before training (start_step 0, no "
+                    "end_step), to one sparsity (no groups)"
+                )
         return self
 
     def resolved_groups(self) -> list[PruneGroup]:
@@ -184,6 +199,7 @@ class PruneConfig(Section):
     seed: NonNegativeInt = 0
     distill: Literal["none", "squarehead"] = "none"
     distill_weight: NonNegativeFloat = 1.0
+    calibration_samples: PositiveInt = 128  # sequences of the run's train data (wanda, sparsegpt)
 
     @model_validator(mode="before")
     @classmethod
@@ -202,6 +218,9 @@ class PruneConfig(Section):
     def _distill_needs_rules(self) -> PruneConfig:
         if self.distill != "none" and not self.rules:
             raise ValueError("prune.distill distils into a pruned model: give a pruning rule")
+        calibrated = [r.method for r in self.rules if r.method in CALIBRATED]
+        if calibrated and len(self.rules) > 1:
+            raise ValueError(f"method {calibrated[0]} must be the run's only pruning rule")
         return self
 
     @property

@@ -74,6 +74,7 @@ def test_learned_topk_masks_agree_across_frameworks(parity_bases, tmp_path):
         (["prune.method=topk", "prune.pattern=rows"], "topk with pattern rows"),
         (["prune.method=topk", "parallel.zero_stage=3"], "topk under ZeRO-3 is not supported"),
         (["prune.regularization=l1", "prune.reg_weight=0.1"], "l1 is not in the PyTorch"),
+        (["prune.method=wanda"], "wanda is not in the PyTorch reference; prune one-shot"),
     ],
 )
 def test_the_reference_refuses_what_it_does_not_implement(sets, fragment):

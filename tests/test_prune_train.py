@@ -29,6 +29,7 @@ SCENARIOS = {
     "heads": {"pattern": "heads", "sparsity": 0.5, "start_step": 2},
     "topk": {"method": "topk", "pattern": "unstructured", "sparsity": 0.5, "start_step": 2},
     "2:4": {"pattern": "2:4", "distill": "squarehead"},  # masks held with distillation on
+    "sparsegpt 2:4": {"method": "sparsegpt", "pattern": "2:4", "calibration_samples": 8},
 }
 
 
@@ -126,6 +127,26 @@ def test_two_of_four_masks_keep_each_groups_largest_and_hold(runs, tiny_base):
     assert len(terms) == STEPS and min(terms) > 0
     plain = Path(runs["unstructured"][0].train.output_dir) / "metrics.jsonl"
     assert "distill" not in plain.read_text()
+
+
+def test_a_sparsegpt_start_holds_its_two_of_four_masks(runs, tiny_base):
+    cfg, masks, _ = runs["sparsegpt 2:4"]
+    out = Path(cfg.train.output_dir)
+    tuned = _hf(out / "hf")
+    targets = [n for n in _hf(tiny_base) if n.endswith("_proj.weight")]
+    for name in targets:
+        zeros = (tuned[name] == 0).reshape(-1, 4).sum(axis=1)
+        assert np.all(zeros >= 2), name  # every 4 consecutive inputs of every row
+    first = masks[2]
+    assert all(all(np.array_equal(m[p], first[p]) for p in first) for m in masks.values())
+    # Calibrated on the run's data, the choice is not magnitude's.
+    by_magnitude = runs["2:4"][1][2]
+    assert any(not np.array_equal(first[p], by_magnitude[p]) for p in first)
+    report = json.loads((out / "pruning.json").read_text())
+    assert report["rules"][0]["method"] == "sparsegpt"
+    assert report["calibration"]["samples"] == 8 and report["calibration"]["max_seq_len"] == 64
+    evals = _evals(out)
+    assert evals[-1] < evals[0]
 
 
 def test_gradual_masks_only_lose_entries_up_to_the_target(runs):
@@ -253,6 +274,13 @@ def test_bad_prune_settings_are_refused_with_the_field():
         (["prune.pattern=2:4"], "quote an N:M pattern"),
         (['prune.pattern="2:4"', "prune.sparsity=0.7"], "means sparsity 0.5"),
         (['prune.pattern="2:4"', "prune.end_step=9"], "one cut"),
+        (["prune.method=wanda", "prune.pattern=rows"], "wanda prunes entries"),
+        (["prune.method=sparsegpt", "prune.start_step=2"], "cuts once, before training"),
+        (
+            ["prune.rules=[{method: wanda}, {pattern: rows, sparsity: 0.25}]"],
+            "must be the run's only pruning rule",
+        ),
+        (["prune.method=wanda", "prune.calibration_samples=0"], "calibration_samples"),
     ]:
         with pytest.raises(UserError, match=fragment):
             load_config(None, sets)

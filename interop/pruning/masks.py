@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from interop.prune_config import PruneConfig
+from interop.prune_config import CALIBRATED, PruneConfig
 from interop.pruning.plan import Unit, plan
 
 
@@ -48,8 +48,8 @@ class Pruner:
         new = {n: np.array(masks[n], bool) for n in self.targets}
         for unit in self.cuts_at(done):
             rule = self.cfg.rules[unit.rule]
-            if rule.method == "topk":
-                continue  # learned: the backends keep the top scores at every step
+            if rule.method == "topk" or rule.method in CALIBRATED:
+                continue  # learned scores, or activations: the backend decides these
             alive = self.alive(unit, new)
             scores = self._scores(unit, rule.method, weights, movement, done)
             if unit.n_m is not None:

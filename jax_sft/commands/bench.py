@@ -1,10 +1,11 @@
-"""`jax-sft bench CONFIG.yaml [--memory] [--steps N] [--sparse]`: throughput, MFU, XLA memory.
+"""`jax-sft bench [CONFIG] [--memory | --sparse | --prune | --generate]`: speed, MFU, studies.
 
 Throughput and MFU come from `jax_sft.bench.throughput`. `--memory` compiles the train
 step for the config's mesh and ZeRO stage without running it and reports
 `compiled.memory_analysis()` per device: exact on the CPU and independent of machine
 load, so placements compare exactly. `--sparse` runs the sparse fine-tuning quality
-study instead (`jax_sft.bench.sparse_study`).
+study instead (`jax_sft.bench.sparse_study`), `--prune` the pruning study
+(`jax_sft.bench.prune_study`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import jax
 from interop.arguments import add_json, add_overrides
 from interop.config import load_config
 from interop.report import emit
-from jax_sft.bench import generation, sparse_study
+from jax_sft.bench import generation, prune_study, sparse_study
 from jax_sft.bench.throughput import throughput
 from jax_sft.train.engine import MEMORY_FIELDS
 from jax_sft.train.run import make_engine
@@ -35,6 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the sparse fine-tuning quality study (dense, LoRA, five sparse methods)",
     )
     p.add_argument(
+        "--prune",
+        action="store_true",
+        help="the pruning study (magnitude, Wanda, SparseGPT, rows; with and without distillation)",
+    )
+    p.add_argument(
         "--generate",
         action="store_true",
         help="generation tokens/s, ours against transformers (docs/benchmarks.md)",
@@ -42,7 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=3, help="generate: alternating rounds")
     p.add_argument("--sparse-lr", type=float, default=1e-2, help="study: LR of non-dense runs")
     p.add_argument("--docs", default="docs", help="study: where the table and PNG go")
-    p.add_argument("--work", default="out/sparse-study", help="study: the runs' directories")
+    p.add_argument(
+        "--work", help="study: the runs' directories (default out/sparse-study, out/pruning-study)"
+    )
     add_json(p)
     p.set_defaults(run=run)
 
@@ -53,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.sparse:
         return run_study(args, cfg)
+    if args.prune:
+        return run_prune_study(args, cfg)
     engine = make_engine(cfg)
     summary = {"mesh": dict(engine.mesh.shape), "zero_stage": cfg.parallel.zero_stage}
     summary.update(engine.train_step_memory())
@@ -85,8 +95,17 @@ def run_generation(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_prune_study(args: argparse.Namespace, cfg) -> int:
+    rows = prune_study.study(cfg, Path(args.work or "out/pruning-study"))
+    command = "jax-sft bench --prune" + (f" {args.config}" if args.config else "")
+    base = f"{cfg.model.tiny or cfg.model.path} ({rows[0]['hf_bytes']:,} bytes)"
+    prune_study.write_docs(rows, Path(args.docs), command, base)
+    emit([prune_study.table(rows)], {"runs": rows}, args.json)
+    return 0
+
+
 def run_study(args: argparse.Namespace, cfg) -> int:
-    rows = sparse_study.study(cfg, Path(args.work), args.sparse_lr)
+    rows = sparse_study.study(cfg, Path(args.work or "out/sparse-study"), args.sparse_lr)
     command = "jax-sft bench --sparse" + (f" {args.config}" if args.config else "")
     sparse_study.write_docs(rows, Path(args.docs), command)
     lines = [sparse_study.table(rows, rows[0]["trainable"])]

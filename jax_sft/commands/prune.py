@@ -32,12 +32,11 @@ from interop.checkpoints.hf_write import write_hf_checkpoint
 from interop.config import RunConfig, describe_error
 from interop.errors import UserError
 from interop.outputs import output_dir, write_json
-from interop.prune_config import PATTERNS, PruneConfig, PruneRule, n_of_m
+from interop.prune_config import CALIBRATED, PATTERNS, PruneConfig, PruneRule, n_of_m
 from interop.pruning.masks import Pruner, sparsity_report
 from interop.pruning.plan import module_of, plan
 from interop.pruning.shrink import REPORT, masked, pruning_report, shrink
 from interop.report import emit
-from jax_sft.prune.calibrate import METHODS as CALIBRATED
 from jax_sft.prune.one_shot import calibrated_cut
 
 METHODS = ("magnitude", "random", *CALIBRATED)  # movement needs training: a run config
@@ -109,7 +108,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def prune_config(args: argparse.Namespace) -> PruneConfig:
     """The flags as a validated `prune` section; a bad value names its flag."""
     rule = {
-        "method": "magnitude" if args.method in CALIBRATED else args.method,
+        "method": args.method,
         "pattern": args.pattern,
         "excluded_modules": args.exclude,
     }
@@ -200,7 +199,6 @@ def run(args: argparse.Namespace) -> int:
                     "max_seq_len": args.max_seq_len,
                 }
             report = pruning_report(pruner, masks, shrunk=shrunk, notes=notes, extra=extra)
-            report["rules"][0]["method"] = args.method  # the plan ranked by magnitude
             write_json(tmp / REPORT, report)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

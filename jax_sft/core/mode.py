@@ -6,7 +6,8 @@ the frozen base for every other), the mode's own trees ("trained", "indices", ..
 step know a mode only through this protocol:
 
 - `start(ctx)` (a classmethod): what trains and how it is chosen (scores, selection, an
-  adapter continued); returns the mode and its initial trees, on the host.
+  adapter continued); returns the mode and its initial trees, on the host ("params"
+  among them replaces the starting weights: SparseGPT repairs what it keeps).
 - `key`: the state key of the trained tree, the only tree the optimizer ever sees;
   frozen leaves are simply not in it, so they carry no optimizer state. A mode that
   trains more than one state tree (pruning with learned scores) overrides `trained` /

@@ -26,18 +26,19 @@ from interop.pruning import calibrated
 from jax_sft.models.layers import Linear, linear_inputs
 from jax_sft.models.registry import path_str
 
-METHODS = ("wanda", "sparsegpt")
 
-
-def windows(streams: list[np.ndarray], seq_len: int, samples: int, source: str) -> np.ndarray:
+def windows(
+    streams: list[np.ndarray], seq_len: int, samples: int, source: str, length: str
+) -> np.ndarray:
     """Up to `samples` calibration sequences [n, seq_len]: the token streams joined end to
-    end and cut into whole windows (no padding, as Wanda and SparseGPT sample text)."""
+    end and cut into whole windows (no padding, as Wanda and SparseGPT sample text);
+    `length` names the setting that chose `seq_len`, for the error."""
     joined = np.concatenate(streams) if streams else np.zeros(0, np.int32)
     count = min(samples, len(joined) // seq_len)
     if count == 0:
         raise UserError(
             f"{source}: {len(joined)} tokens, shorter than one calibration sequence of "
-            f"{seq_len} (--max-seq-len)"
+            f"{seq_len} ({length})"
         )
     return joined[: count * seq_len].reshape(count, seq_len).astype(np.int32)
 
@@ -79,8 +80,8 @@ def prune_model(
     missing = sorted(targets - linear)
     if missing:  # refused before any calibration work
         raise UserError(
-            f"--method {method}: {missing[0]} is not a plain linear layer's weight "
-            "(e.g. GPT-2's fused c_attn); exclude it with --exclude"
+            f"method {method}: {missing[0]} is not a plain linear layer's weight "
+            "(e.g. GPT-2's fused c_attn); exclude it"
         )
     graphdef, state = nnx.split(model)
     batches = [

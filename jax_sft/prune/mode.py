@@ -25,12 +25,14 @@ import numpy as np
 from flax import nnx
 
 from interop.errors import UserError
+from interop.prune_config import CALIBRATED
 from interop.pruning.masks import Pruner
 from interop.pruning.shrink import pruning_report, shrink
 from jax_sft.core.mode import ModeStart, TrainingMode
 from jax_sft.core.trees import dotted, hf_decay_mask, leaf_at, nested, update_leaves
 from jax_sft.models.hf_names import NameTable
 from jax_sft.prune.bits import pack, pack_host, unpack, unpack_host
+from jax_sft.prune.calibrated_start import calibrated_start
 from jax_sft.prune.distill import distilled_loss
 from jax_sft.prune.topk import LearnedMasks
 from jax_sft.prune.updates import group_shrink, masked, soft_threshold, to_hf, to_ours, zero_pruned
@@ -66,6 +68,7 @@ class PruneTraining(TrainingMode):
             else None
         )
         self.last_cut = self.cfg.last_cut()
+        self.calibration: dict | None = None  # how a wanda / sparsegpt start was calibrated
         if self.cfg.regularization == "group_lasso" and not any(
             u.structured for u in self.pruner.units
         ):
@@ -77,7 +80,14 @@ class PruneTraining(TrainingMode):
         masks = mode.pruner.initial_masks()
         if mode.pruner.cuts_at(0):
             masks = mode.pruner.cut(0, mode._hf_host(ctx.params, mode.ranked), masks)
-        arrays = {"masks": mode._packed(masks)}
+        arrays = {}
+        rule = mode.cfg.rules[0]
+        if rule.method in CALIBRATED:  # the only rule (the config says so)
+            ours, repaired, mode.calibration = calibrated_start(ctx, rule, mode.targets)
+            masks = {mode.hf[p][0]: mode.hf[p][1].to_hf(m) for p, m in ours.items()}
+            if repaired is not None:
+                arrays["params"] = repaired  # SparseGPT's weights: the run starts from them
+        arrays["masks"] = mode._packed(masks)
         if mode.movement:
             zeros = {p: np.zeros(mode.shapes[p], np.float32) for p in mode.ranked}
             arrays["movement"] = nested(zeros)
@@ -243,5 +253,8 @@ class PruneTraining(TrainingMode):
         """The model with exact zeros, structures cut out where a config can say so."""
         masks = self._hf_masks(tree["masks"])
         config, cut, notes = shrink(hf_config, tensors, self.pruner, masks)
-        report = pruning_report(self.pruner, masks, shrunk=config != hf_config, notes=notes)
+        extra = {"calibration": self.calibration} if self.calibration else None
+        report = pruning_report(
+            self.pruner, masks, shrunk=config != hf_config, notes=notes, extra=extra
+        )
         return config, cut, {"pruning.json": report}

@@ -31,7 +31,7 @@ def calibration_ids(model_dir: Path, args: argparse.Namespace) -> np.ndarray:
         rows, load_tokenizer(model_dir), "", max_seq_len=args.max_seq_len, loss_on="all"
     )
     streams = [e.input_ids for e in examples]
-    return windows(streams, args.max_seq_len, args.calibration_samples, args.data)
+    return windows(streams, args.max_seq_len, args.calibration_samples, args.data, "--max-seq-len")
 
 
 def calibrated_cut(

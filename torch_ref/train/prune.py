@@ -33,6 +33,7 @@ from interop.checkpoints.hf_write import write_hf_checkpoint
 from interop.config import RunConfig
 from interop.errors import UserError
 from interop.outputs import write_json
+from interop.prune_config import CALIBRATED
 from interop.pruning.masks import Pruner
 from interop.pruning.shrink import pruning_report, shrink
 
@@ -91,6 +92,12 @@ def check_supported(cfg: RunConfig) -> None:
             raise UserError(
                 f"{where}: movement is not in the PyTorch reference (magnitude, random and "
                 "unstructured topk are); train it with jax-sft"
+            )
+        if rule.method in CALIBRATED:
+            raise UserError(
+                f"{where}: {rule.method} is not in the PyTorch reference; prune one-shot with "
+                f"`jax-sft prune MODEL OUT --method {rule.method} --data FILE` and fine-tune "
+                "OUT/hf under a magnitude rule of the same pattern, which keeps its zeros"
             )
         if rule.method == "topk" and rule.pattern != "unstructured":
             raise UserError(
