@@ -39,12 +39,15 @@ bench: venv-core
 
 bench-sparse: venv-core
 	$(BIN)/jax-sft bench --sparse configs/demo.yaml
+	$(BIN)/jax-sft bench --sparse configs/study-4m.yaml --docs docs/llama-4m --work out/study-4m/sparse-study
 
 bench-deepspeed: venv-dev
 	$(BIN)/python scripts/deepspeed_convert_memory.py
 
 bench-prune: venv-dev
 	$(BIN)/jax-sft bench --prune configs/demo.yaml
+	$(BIN)/jax-sft bench --prune configs/study-4m.yaml --docs docs/llama-4m --work out/study-4m/pruning-study
+	$(BIN)/jax-sft bench --generate --pruned --rounds 5
 	$(BIN)/python scripts/pruned_forward_speed.py
 
 bench-generate: venv-dev

@@ -36,8 +36,8 @@ CONFIG = tiny_config("llama-30m")
 PROMPT, NEW = 64, 128
 
 
-def _ours(graphdef, params, ids, mask) -> tuple[float, float]:
-    """(prefill seconds, decode seconds) of one generation."""
+def timed(graphdef, params, ids, mask) -> tuple[float, float]:
+    """(prefill seconds, decode seconds) of one greedy generation of NEW tokens."""
     kw = {"steps": NEW, "sampling": Sampling()}
     key = jax.random.key(0)
     start = time.perf_counter()
@@ -71,10 +71,10 @@ def benchmark(rounds: int = 3) -> list[dict]:
             ids = jnp.asarray(rng.integers(3, CONFIG["vocab_size"], (batch, PROMPT)), jnp.int32)
             mask = jnp.ones_like(ids)
             assert bucket_length(PROMPT) == PROMPT
-            _ours(graphdef, params, ids, mask)  # compile
+            timed(graphdef, params, ids, mask)  # compile
             ours, theirs = [], []
             for _ in range(rounds):
-                ours.append(_ours(graphdef, params, ids, mask))
+                ours.append(timed(graphdef, params, ids, mask))
                 theirs.append(_theirs(Path(tmp), batch))
             recompute = _recompute_seconds(graphdef, params, ids, mask)
             rows.append(_row(batch, ours, theirs, recompute))
@@ -123,17 +123,23 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-BEGIN, END = "<!-- bench --generate: begin -->", "<!-- bench --generate: end -->"
+def markers(command: str) -> tuple[str, str]:
+    """The comments that fence the figures `command` writes into a page."""
+    return f"<!-- {command}: begin -->", f"<!-- {command}: end -->"
 
 
-def write_docs(path: Path, text: str) -> None:
-    """Put `text` between the markers in `path` (created with them when missing),
+BEGIN, END = markers("bench --generate")
+
+
+def write_docs(path: Path, text: str, command: str = "bench --generate") -> None:
+    """Put `text` between `command`'s markers in `path` (created with them when missing),
     keeping whatever else the page says: the analysis around the figures."""
-    section = f"{BEGIN}\n{text}{END}\n"
+    begin, end = markers(command)
+    section = f"{begin}\n{text}{end}\n"
     old = path.read_text() if path.exists() else "# Generation speed\n\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        after = rest.split(END, 1)[1].lstrip("\n")
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        after = rest.split(end, 1)[1].lstrip("\n")
         new = head + section + ("\n" + after if after else "")
     else:
         new = old.rstrip("\n") + "\n\n" + section

@@ -18,7 +18,7 @@ import jax
 from interop.arguments import add_json, add_overrides
 from interop.config import load_config
 from interop.report import emit
-from jax_sft.bench import generation, prune_study, sparse_study
+from jax_sft.bench import generation, prune_study, pruned_generation, sparse_study
 from jax_sft.bench.throughput import throughput
 from jax_sft.train.engine import MEMORY_FIELDS
 from jax_sft.train.run import make_engine
@@ -44,6 +44,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--generate",
         action="store_true",
         help="generation tokens/s, ours against transformers (docs/benchmarks.md)",
+    )
+    p.add_argument(
+        "--pruned",
+        action="store_true",
+        help="generate: the rows- and heads-pruned exports beside dense (docs/pruning.md)",
     )
     p.add_argument("--rounds", type=int, default=3, help="generate: alternating rounds")
     p.add_argument("--sparse-lr", type=float, default=1e-2, help="study: LR of non-dense runs")
@@ -80,7 +85,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_pruned_generation(args: argparse.Namespace) -> int:
+    rows = pruned_generation.benchmark(args.rounds)
+    text = pruned_generation.table(rows)
+    docs = Path(args.docs) / "pruning.md"
+    generation.write_docs(
+        docs,
+        "`jax-sft bench --generate --pruned` (the ~30M-parameter Llama of the generation "
+        f"benchmark and its shrunk cuts, fp32 on {jax.devices()[0].device_kind}; batch "
+        f"{rows[0]['batch']}, prompts of {generation.PROMPT} tokens, {generation.NEW} new "
+        f"tokens, greedy; medians of {args.rounds} alternating rounds):\n\n" + text,
+        command="bench --generate --pruned",
+    )
+    emit([text, f"wrote {docs}"], {"rows": rows}, args.json)
+    return 0
+
+
 def run_generation(args: argparse.Namespace) -> int:
+    if args.pruned:
+        return run_pruned_generation(args)
     rows = generation.benchmark(args.rounds)
     text = generation.table(rows)
     docs = Path(args.docs) / "benchmarks.md"
