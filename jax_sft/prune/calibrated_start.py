@@ -5,13 +5,13 @@ model (`calibrate.prune_model`: layer after layer, each calibrated on what the a
 pruned layers before it produce), on calibration sequences cut from the run's own train
 examples: `prune.calibration_samples` windows of `data.max_seq_len` tokens, the
 examples joined end to end (prompts included: calibration wants the activations the
-model meets, not the loss's tokens). Masked fine-tuning then holds that mask. SparseGPT
-also repairs the weights it keeps, so the run starts from those.
+model meets, not the loss's tokens), on the parameters as the run placed them, so the
+per-layer passes run sharded like training. Masked fine-tuning then holds that mask.
+SparseGPT also repairs the weights it keeps, so the run starts from those.
 """
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 from flax import nnx
 
@@ -35,7 +35,9 @@ def calibrated_start(
         "the run's train data",
         "data.max_seq_len",
     )
-    model = nnx.merge(ctx.graphdef, jax.tree.map(np.array, jax.device_get(ctx.params)))
+    # On the parameters as the run placed them (merging copies no array and changes
+    # nothing in ctx.params): each layer's passes run sharded like training.
+    model = nnx.merge(ctx.graphdef, ctx.params)
     n_m = n_of_m(rule.pattern)
     masks = prune_model(
         model, ids, set(targets), rule.method, sparsity=None if n_m else rule.sparsity, n_m=n_m
