@@ -85,35 +85,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_pruned_generation(args: argparse.Namespace) -> int:
-    rows = pruned_generation.benchmark(args.rounds)
-    text = pruned_generation.table(rows)
-    docs = Path(args.docs) / "pruning.md"
-    generation.write_docs(
-        docs,
-        "`jax-sft bench --generate --pruned` (the ~30M-parameter Llama of the generation "
-        f"benchmark and its shrunk cuts, fp32 on {jax.devices()[0].device_kind}; batch "
-        f"{rows[0]['batch']}, prompts of {generation.PROMPT} tokens, {generation.NEW} new "
-        f"tokens, greedy; medians of {args.rounds} alternating rounds):\n\n" + text,
-        command="bench --generate --pruned",
-    )
-    emit([text, f"wrote {docs}"], {"rows": rows}, args.json)
-    return 0
-
-
 def run_generation(args: argparse.Namespace) -> int:
+    """The generation benchmark (`--pruned`: of the shrunk exports) into its docs page."""
+    device = jax.devices()[0].device_kind
+    shape = f"prompts of {generation.PROMPT} tokens, {generation.NEW} new tokens, greedy"
     if args.pruned:
-        return run_pruned_generation(args)
-    rows = generation.benchmark(args.rounds)
-    text = generation.table(rows)
-    docs = Path(args.docs) / "benchmarks.md"
-    generation.write_docs(
-        docs,
-        "`jax-sft bench --generate` (a ~30M-parameter Llama, random "
-        f"weights, fp32 on {jax.devices()[0].device_kind}; prompts of {generation.PROMPT} "
-        f"tokens, {generation.NEW} new tokens, greedy; medians of {args.rounds} alternating "
-        "rounds; `transformers` in its own process):\n\n" + text,
-    )
+        rows = pruned_generation.benchmark(args.rounds)
+        text, page, command = (
+            pruned_generation.table(rows),
+            "pruning.md",
+            "bench --generate --pruned",
+        )
+        what = (
+            f"the ~30M-parameter Llama of the generation benchmark and its shrunk cuts, fp32 "
+            f"on {device}; batch {rows[0]['batch']}, {shape}; medians of {args.rounds} "
+            "alternating rounds"
+        )
+    else:
+        rows = generation.benchmark(args.rounds)
+        text, page, command = generation.table(rows), "benchmarks.md", "bench --generate"
+        what = (
+            f"a ~30M-parameter Llama, random weights, fp32 on {device}; {shape}; medians of "
+            f"{args.rounds} alternating rounds; `transformers` in its own process"
+        )
+    docs = Path(args.docs) / page
+    generation.write_docs(docs, f"`jax-sft {command}` ({what}):\n\n" + text, command=command)
     emit([text, f"wrote {docs}"], {"rows": rows}, args.json)
     return 0
 
