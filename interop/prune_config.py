@@ -150,6 +150,11 @@ class PruneRule(Section):
                 "method topk keeps its ratio from start_step on (DeepSpeed's "
                 "schedule_offset); end_step is for magnitude, random and movement"
             )
+        if self.method == "movement" and self.start_step == 0:
+            raise ValueError(
+                "method movement ranks by -grad x W accumulated over the steps before a cut: "
+                "start_step must be at least 1"
+            )
         if self.method == "topk" and self.pattern == "global":
             raise ValueError("method topk ranks within each tensor or structure, not global")
         if self.method in CALIBRATED:

@@ -45,6 +45,8 @@ CASES = [
     ("OPT, sparse 5%, ZeRO-2, 2 processes", OPT + zero(2) + SPARSE, TWO),
     ("OPT, LoRA, ZeRO-2, 2 processes", OPT + zero(2) + lora("fc1"), TWO),
     ("Llama, dense, ZeRO-3, 2 processes", zero(3), TWO),
+    ("Llama, dense, packed rows (`data.packing=true`)", ["data.packing=true"], []),
+    ("OPT, dense, packed rows", OPT + ["data.packing=true"], []),
     ("Llama, bf16 compute", ["model.dtype=bfloat16"], BF16),
     ("OPT, bf16 compute", OPT + ["model.dtype=bfloat16"], BF16),
 ]

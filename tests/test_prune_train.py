@@ -278,6 +278,7 @@ def test_bad_prune_settings_are_refused_with_the_field():
         (['prune.pattern="2:4"', "prune.sparsity=0.7"], "means sparsity 0.5"),
         (['prune.pattern="2:4"', "prune.end_step=9"], "one cut"),
         (["prune.method=wanda", "prune.pattern=rows"], "wanda prunes entries"),
+        (["prune.method=movement"], "start_step must be at least 1"),
         (["prune.method=sparsegpt", "prune.start_step=2"], "cuts once, before training"),
         (
             ["prune.rules=[{method: wanda}, {pattern: rows, sparsity: 0.25}]"],

@@ -240,12 +240,6 @@ def test_lora_run_from_a_peft_adapter_trains_only_the_factors(tiny_base, tmp_pat
     ("sections", "line"),
     [
         (
-            {"data": {"packing": True}},
-            "torch-ref: error: data.packing: packed rows need attention kept inside each "
-            "segment, which the PyTorch reference (HF eager attention) cannot express; use "
-            "packing: false",
-        ),
-        (
             {"sparse": {"method": "random", "density": 0.1}},
             "torch-ref: error: sparse.method: random without an adapter; the PyTorch "
             "reference does not select entries itself: start from a sparse adapter "

@@ -30,7 +30,7 @@ from interop.errors import UserError
 from interop.initialize_args import arguments, resolve
 from torch_ref.train import distributed
 from torch_ref.train.build import build
-from torch_ref.train.data import refuse_packing, rows
+from torch_ref.train.data import rows
 from torch_ref.train.ds_config import ds_config
 from torch_ref.train.loss import forward_loss
 from torch_ref.train.optimizer import make_optimizer, make_scheduler
@@ -77,7 +77,6 @@ def initialize(*args, **kwargs):
             "sparse.regularization: not supported by torch_ref.initialize (its engine has no "
             "place for a penalty outside the loss); use torch-ref train"
         )
-    refuse_packing(cfg)
     built = build(cfg)
     dp = distributed.world_size()
     data = run_data(cfg, built.tokenizer, built.eot, dp, records=resolved.records)

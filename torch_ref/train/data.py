@@ -7,7 +7,8 @@ of rank r is rows a * (micro * dp) + r * micro ... + micro. `micro_batches` take
 those rows, so every rank of every backend sees the same tokens at the same step.
 
 Eval batches are [eval_micro * dp, seq] (not shuffled); rank r evaluates rows
-r * eval_micro ... + eval_micro and the sums are all-reduced.
+r * eval_micro ... + eval_micro and the sums are all-reduced. Packed rows carry their
+segment ids, from which `loss.forward_loss` keeps attention inside each example.
 """
 
 from __future__ import annotations
@@ -15,19 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from interop.config import RunConfig
-from interop.errors import UserError
-
-MODEL_KEYS = ("input_ids", "attention_mask", "positions", "labels")
-
-
-def refuse_packing(cfg: RunConfig) -> None:
-    """Packed rows need attention kept inside each segment, which HF's attention lacks."""
-    if cfg.data.packing:
-        raise UserError(
-            "data.packing: packed rows need attention kept inside each segment, which the "
-            "PyTorch reference (HF eager attention) cannot express; use packing: false"
-        )
+MODEL_KEYS = ("input_ids", "attention_mask", "positions", "segment_ids", "labels")
 
 
 def rows(

@@ -27,11 +27,27 @@ def loss_sum_and_count(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     return total, int((targets != IGNORE).sum())
 
 
+def segment_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive [batch, 1, seq, seq] mask of packed rows: a token attends to the
+    earlier tokens of its own segment only (0 there, the dtype's minimum elsewhere; a
+    padding query, segment 0, attends nowhere). `transformers` takes a 4-D mask as given."""
+    seq = segment_ids.shape[1]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=segment_ids.device).tril()
+    allowed = same & causal & (segment_ids[:, None, :] > 0)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
 def forward_loss(model: torch.nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """(sum of token losses, scored tokens) of one micro-batch."""
+    """(sum of token losses, scored tokens) of one micro-batch; packed rows (more than one
+    segment in a row) attend within their segments, positions restarting in each."""
+    mask = mb["attention_mask"]
+    if "segment_ids" in mb and int(mb["segment_ids"].max()) > 1:
+        mask = segment_mask(mb["segment_ids"], model.dtype)
     out = model(
         input_ids=mb["input_ids"],
-        attention_mask=mb["attention_mask"],
+        attention_mask=mask,
         position_ids=mb["positions"],
         use_cache=False,
     )

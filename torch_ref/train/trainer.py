@@ -42,7 +42,7 @@ from interop.outputs import ensure_space
 from interop.schedules import learning_rate
 from torch_ref.train import distributed, prune, sparse
 from torch_ref.train.build import Built
-from torch_ref.train.data import micro_batches, refuse_packing, rows
+from torch_ref.train.data import micro_batches, rows
 from torch_ref.train.ds_config import ds_config
 from torch_ref.train.loss import forward_loss
 from torch_ref.train.optimizer import make_optimizer, make_scheduler
@@ -58,7 +58,6 @@ class Trainer:
         self.out = Path(cfg.train.output_dir)
         self.dp, self.rank = distributed.world_size(), distributed.rank()
         self.is_main = distributed.is_main()
-        refuse_packing(cfg)
         data = run_data(cfg, built.tokenizer, built.eot, self.dp)
         self.batches, self.eval_batches = data.global_batches(), data.eval_batches()
         self.total_steps = data.total_steps()
