@@ -1,11 +1,12 @@
 """Pruning's DeepSpeed configs run on both backends and train the same pruned model.
 
 `configs/ds_prune_l1.json` (DeepSpeed's `sparse_pruning`, l1, dense_ratio 0.5; here with
-SquareHead distillation on) and `configs/ds_prune_rows.json` (`row_pruning` with related
-modules) go unchanged through `jax-sft parity --deepspeed_config`: the JAX trainer and
-the PyTorch reference (which implements the masks itself, DeepSpeed 0.19 having dropped
-them) must agree on every step's loss (and distillation term), the final weights, and
-every exact zero. The suite runs 10 steps; the 50-step figures are in docs/pruning.md.
+SquareHead distillation on packed rows) and `configs/ds_prune_rows.json` (`row_pruning`
+with related modules) go unchanged through `jax-sft parity --deepspeed_config`: the JAX
+trainer and the PyTorch reference (which implements the masks itself, DeepSpeed 0.19
+having dropped them) must agree on every step's loss (and distillation term), the final
+weights, and every exact zero. The suite runs 10 steps; the 50-step figures are in
+docs/pruning.md.
 """
 
 import json
@@ -27,8 +28,8 @@ def test_ds_compression_configs_prune_alike_on_both_backends(parity_bases, tmp_p
         argv += ["--set", setting]
     argv += ["--set", f"train.output_dir={out}"]
     distil = ds == "ds_prune_l1.json"
-    if distil:
-        argv += ["--set", "prune.distill=squarehead"]
+    if distil:  # on packed rows: the teacher, too, attends within each segment
+        argv += ["--set", "prune.distill=squarehead", "--set", "data.packing=true"]
     assert cli.main(argv) == 0
     report = json.loads((out / "parity.json").read_text())
     assert report["max_rel_loss_diff"] <= 1e-4

@@ -78,8 +78,6 @@ class PruneTraining(TrainingMode):
     def start(cls, ctx: ModeStart) -> tuple[PruneTraining, dict]:
         mode = cls(ctx)
         masks = mode.pruner.initial_masks()
-        if mode.pruner.cuts_at(0):
-            masks = mode.pruner.cut(0, mode._hf_host(ctx.params, mode.ranked), masks)
         arrays = {}
         rule = mode.cfg.rules[0]
         if rule.method in CALIBRATED:  # the only rule (the config says so)
@@ -87,6 +85,8 @@ class PruneTraining(TrainingMode):
             masks = {mode.hf[p][0]: mode.hf[p][1].to_hf(m) for p, m in ours.items()}
             if repaired is not None:
                 arrays["params"] = repaired  # SparseGPT's weights: the run starts from them
+        elif mode.pruner.cuts_at(0):
+            masks = mode.pruner.cut(0, mode._hf_host(ctx.params, mode.ranked), masks)
         arrays["masks"] = mode._packed(masks)
         if mode.movement:
             zeros = {p: np.zeros(mode.shapes[p], np.float32) for p in mode.ranked}

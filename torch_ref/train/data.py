@@ -7,8 +7,9 @@ of rank r is rows a * (micro * dp) + r * micro ... + micro. `micro_batches` take
 those rows, so every rank of every backend sees the same tokens at the same step.
 
 Eval batches are [eval_micro * dp, seq] (not shuffled); rank r evaluates rows
-r * eval_micro ... + eval_micro and the sums are all-reduced. Packed rows carry their
-segment ids, from which `loss.forward_loss` keeps attention inside each example.
+r * eval_micro ... + eval_micro and the sums are all-reduced. Micro-batches of packed
+rows carry their segment ids, from which `loss.forward_loss` keeps attention inside
+each example.
 """
 
 from __future__ import annotations
@@ -16,16 +17,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-MODEL_KEYS = ("input_ids", "attention_mask", "positions", "segment_ids", "labels")
+MODEL_KEYS = ("input_ids", "attention_mask", "positions", "labels")
 
 
 def rows(
     batch: dict[str, np.ndarray], start: int, size: int, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """Rows start ... start + size of a batch as int64 tensors on `device`."""
+    """Rows start ... start + size of a batch as int64 tensors on `device`, with their
+    `segment_ids` when a row holds more than one example (decided here, on the host)."""
+    keys = MODEL_KEYS
+    if "segment_ids" in batch and batch["segment_ids"][start : start + size].max() > 1:
+        keys = (*MODEL_KEYS, "segment_ids")
     return {
         k: torch.from_numpy(batch[k][start : start + size].astype(np.int64)).to(device)
-        for k in MODEL_KEYS
+        for k in keys
     }
 
 

@@ -19,6 +19,7 @@ import torch
 from interop.data.examples import IGNORE
 from interop.errors import UserError
 from interop.pruning.distill import EPS
+from torch_ref.train.loss import model_inputs
 
 
 def blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -68,12 +69,7 @@ class Distiller:
         in the student's block outputs recorded by the last `student_forward`."""
         self._teacher.clear()
         with torch.no_grad():
-            self.teacher(
-                input_ids=mb["input_ids"],
-                attention_mask=mb["attention_mask"],
-                position_ids=mb["positions"],
-                use_cache=False,
-            )
+            self.teacher(**model_inputs(self.teacher, mb))
         scored = (mb["labels"][:, 1:] != IGNORE).float()
         total = torch.zeros((), dtype=torch.float32, device=scored.device)
         for s, t in zip(self._student, self._teacher, strict=True):

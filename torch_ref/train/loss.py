@@ -39,16 +39,21 @@ def segment_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def forward_loss(model: torch.nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """(sum of token losses, scored tokens) of one micro-batch; packed rows (more than one
-    segment in a row) attend within their segments, positions restarting in each."""
+def model_inputs(model: torch.nn.Module, mb: dict[str, torch.Tensor]) -> dict:
+    """The keyword arguments of an HF forward over micro-batch `mb`: packed rows (given
+    with their `segment_ids`) attend within their segments, positions restarting in each."""
     mask = mb["attention_mask"]
-    if "segment_ids" in mb and int(mb["segment_ids"].max()) > 1:
+    if "segment_ids" in mb:
         mask = segment_mask(mb["segment_ids"], model.dtype)
-    out = model(
-        input_ids=mb["input_ids"],
-        attention_mask=mask,
-        position_ids=mb["positions"],
-        use_cache=False,
-    )
+    return {
+        "input_ids": mb["input_ids"],
+        "attention_mask": mask,
+        "position_ids": mb["positions"],
+        "use_cache": False,
+    }
+
+
+def forward_loss(model: torch.nn.Module, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(sum of token losses, scored tokens) of one micro-batch."""
+    out = model(**model_inputs(model, mb))
     return loss_sum_and_count(out.logits, mb["labels"])
