@@ -98,8 +98,7 @@ def main() -> None:
             return f"{s * 1e3:.2f} ({s / step:.0%})"
 
         print(
-            f"| {batch} | {step * 1e3:.2f} | {cell(weights)} | {cell(attention)} "
-            f"| {cell(rest)} |"
+            f"| {batch} | {step * 1e3:.2f} | {cell(weights)} | {cell(attention)} | {cell(rest)} |"
         )
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import transformers
 
-from interop.config import load_config
+from interop.config_files import load_config
 from interop.pruning.masks import Pruner
 from interop.pruning.shrink import shrink
 from interop.tiny_configs import tiny_config

@@ -2,7 +2,7 @@
 
 import yaml
 
-from interop.config import load_config
+from interop.config_files import load_config
 from jax_sft import cli
 
 

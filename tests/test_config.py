@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from interop.config import RunConfig, apply_overrides, dump_config, load_config
+from interop.config import RunConfig
+from interop.config_files import apply_overrides, dump_config, load_config
 from interop.errors import UserError
 
 

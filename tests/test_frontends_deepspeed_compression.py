@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from interop.config import RunConfig, load_config
+from interop.config import RunConfig
+from interop.config_files import load_config
 from interop.errors import UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
 from interop.prune_config import PruneGroup

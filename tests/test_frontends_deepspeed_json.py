@@ -9,7 +9,8 @@ import torch
 import yaml
 from deepspeed.runtime.lr_schedules import WarmupCosineLR, WarmupDecayLR
 
-from interop.config import RunConfig, deep_merge, load_config
+from interop.config import RunConfig
+from interop.config_files import deep_merge, load_config
 from interop.errors import UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
 from interop.schedules import learning_rates

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from train_fixtures import run_config
 
-from interop.config import dump_config
+from interop.config_files import dump_config
 from jax_sft.train.run import make_engine, train
 
 PARALLEL = {"data": 8, "zero_stage": 3}

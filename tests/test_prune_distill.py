@@ -10,7 +10,7 @@ from flax import nnx
 from test_model_parity import flax_from_torch
 from tiny_hf import VOCAB, make_model
 
-from interop.config import load_config
+from interop.config_files import load_config
 from interop.data.examples import IGNORE
 from interop.errors import UserError
 from interop.probe import probe_batch

@@ -11,7 +11,7 @@ import pytest
 from train_fixtures import run_config
 
 from interop.checkpoints.hf import HFCheckpointReader
-from interop.config import load_config
+from interop.config_files import load_config
 from interop.errors import UserError
 from interop.probe import max_abs_logit_diff, probe_batch
 from interop.processes import torch_logits

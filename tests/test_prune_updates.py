@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from train_fixtures import run_config
 
-from interop.config import load_config
+from interop.config_files import load_config
 from interop.pruning.masks import Pruner
 from interop.tiny_configs import tiny_config
 from jax_sft.core.trees import dotted, leaf_at

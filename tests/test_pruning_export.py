@@ -16,7 +16,7 @@ import transformers
 
 from interop.checkpoints.hf import SAFETENSORS, HFCheckpointReader, read_hf_config
 from interop.checkpoints.hf_write import write_hf_checkpoint
-from interop.config import load_config
+from interop.config_files import load_config
 from interop.pruning.masks import Pruner
 from interop.pruning.shrink import masked, pruning_report, shrink
 from interop.tiny_configs import tiny_config

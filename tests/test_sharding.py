@@ -67,7 +67,7 @@ def test_sharded_steps_equal_single_device(single, tiny_base, tmp_path, name):
 
 
 def test_zero_stages_shrink_per_device_state_bytes(tiny_base, tmp_path, capsys):
-    from interop.config import dump_config
+    from interop.config_files import dump_config
     from jax_sft import cli
 
     state_bytes = {}
@@ -120,7 +120,7 @@ def test_zero_stages_shrink_per_device_state_bytes(tiny_base, tmp_path, capsys):
     ],
 )
 def test_bad_meshes_exit_2_naming_the_field(tiny_base, tmp_path, capsys, parallel, message):
-    from interop.config import dump_config
+    from interop.config_files import dump_config
     from jax_sft import cli
 
     config = tmp_path / "run.yaml"
@@ -132,7 +132,7 @@ def test_bad_meshes_exit_2_naming_the_field(tiny_base, tmp_path, capsys, paralle
 def test_global_batch_not_divisible_by_data_parallel_size(tiny_base, tmp_path, capsys):
     import json
 
-    from interop.config import dump_config
+    from interop.config_files import dump_config
     from jax_sft import cli
 
     config = tmp_path / "run.yaml"

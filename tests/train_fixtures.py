@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from interop.config import RunConfig, dump_config
+from interop.config import RunConfig
+from interop.config_files import dump_config
 
 DEMO_DATA = Path(__file__).resolve().parents[1] / "configs" / "data" / "demo_sft"
 

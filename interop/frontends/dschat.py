@@ -48,7 +48,8 @@ from typing import Any, NoReturn
 import yaml
 from pydantic import ValidationError
 
-from interop.config import RunConfig, SparseConfig, deep_merge, describe_error
+from interop.config import RunConfig, SparseConfig
+from interop.config_files import deep_merge, describe_error
 from interop.errors import UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
 

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from interop.checkpoints.hf import HFCheckpointReader
-from interop.config import load_config
+from interop.config_files import load_config
 from interop.pruning.masks import Pruner
 from interop.pruning.shrink import shrink
 from jax_sft.bench.generation import CONFIG, NEW, PROMPT, timed

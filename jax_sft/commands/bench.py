@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 
 from interop.arguments import add_json, add_overrides
-from interop.config import load_config
+from interop.config_files import load_config
 from interop.report import emit
 from jax_sft.bench import generation, prune_study, pruned_generation, sparse_study
 from jax_sft.bench.throughput import throughput

@@ -10,7 +10,7 @@ import argparse
 import json
 
 from interop.arguments import add_json, add_overrides
-from interop.config import dump_config, load_config
+from interop.config_files import dump_config, load_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

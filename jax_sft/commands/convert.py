@@ -16,7 +16,7 @@ from pathlib import Path
 from interop.arguments import add_json, add_overrides
 from interop.checkpoints.formats import detect_format
 from interop.checkpoints.sparse_bitmask import stored_bytes
-from interop.config import load_config
+from interop.config_files import load_config
 from interop.errors import UserError
 from interop.outputs import output_dir
 from interop.report import emit

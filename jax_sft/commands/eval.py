@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from interop.arguments import add_json, add_overrides
-from interop.config import load_config
+from interop.config_files import load_config
 from interop.errors import UserError
 from interop.report import emit
 from jax_sft.train.run import make_engine

@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 
 from interop.arguments import add_json, add_overrides
-from interop.config import RunConfig, dump_config, load_config, with_sections
+from interop.config import RunConfig, with_sections
+from interop.config_files import dump_config, load_config
 from interop.errors import BackendError, UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
 from interop.parity import compare_losses, compare_params, final_eval, plot, step_losses

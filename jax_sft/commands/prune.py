@@ -29,7 +29,8 @@ from pydantic import ValidationError
 from interop.arguments import add_json
 from interop.checkpoints.hf import HFCheckpointReader, read_hf_config
 from interop.checkpoints.hf_write import write_hf_checkpoint
-from interop.config import RunConfig, describe_error
+from interop.config import RunConfig
+from interop.config_files import describe_error
 from interop.errors import UserError
 from interop.outputs import output_dir, write_json
 from interop.prune_config import CALIBRATED, PATTERNS, PruneConfig, PruneRule, n_of_m

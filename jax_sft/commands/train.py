@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from interop.arguments import add_json, add_overrides
-from interop.config import RunConfig, load_config
+from interop.config import RunConfig
+from interop.config_files import load_config
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
 from interop.report import emit, eval_printer
 from jax_sft.sharding import distributed

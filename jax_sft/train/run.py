@@ -13,7 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from interop.config import RunConfig, load_config, with_sections
+from interop.config import RunConfig, with_sections
+from interop.config_files import load_config
 from interop.outputs import check_run_dir, clear_run_dir
 from interop.run_dir import run_directory
 from jax_sft.sharding.distributed import barrier, is_main, share_int

@@ -19,7 +19,8 @@ from pathlib import Path
 import deepspeed
 import transformers
 
-from interop.config import RunConfig, load_config
+from interop.config import RunConfig
+from interop.config_files import load_config
 from interop.errors import UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
 from interop.report import emit, eval_printer

@@ -23,7 +23,8 @@ import torch
 from deepspeed.utils import safe_set_full_optimizer_state
 
 from interop.checkpoints.hf import read_tensors
-from interop.config import load_config, with_sections
+from interop.config import with_sections
+from interop.config_files import load_config
 from interop.errors import UserError
 from torch_ref.train import distributed
 from torch_ref.train.build import build
