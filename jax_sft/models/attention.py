@@ -1,4 +1,4 @@
-"""Masks, positions and grouped-query dot-product attention shared by every family.
+"""Masks, positions and the cached (decoding) attention shared by every family.
 
 One mask rule serves padding (left or right), packing and causality: query i may attend
 key j when j <= i, key j is a real token, and both carry the same segment id. Rows that
@@ -57,30 +57,14 @@ def positions_and_mask(
     return positions, causal_mask(attention_mask, segment_ids)
 
 
-def dot_product_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, scale: float
-) -> jax.Array:
-    """Softmax attention with grouped key/value heads.
-
-    q: [batch, q_len, heads, head_dim]; k, v: [batch, k_len, kv_heads, head_dim];
-    allowed: boolean, broadcastable to [batch, 1, q_len, k_len]. Scores and softmax are fp32.
-    Returns [batch, q_len, heads, head_dim] in q's dtype.
-    """
-    b, s, h, d = q.shape
-    kv = k.shape[2]
-    qg = q.reshape(b, s, kv, h // kv, d)
-    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32) * scale
-    scores = jnp.where(allowed[:, :, None], scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgst,btkd->bskgd", weights, v)
-    return out.reshape(b, s, h, d)
-
-
 def head_major_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, scale: float
 ) -> jax.Array:
-    """`dot_product_attention` over keys and values stored head-major, [batch, kv_heads,
-    k_len, head_dim] (the KV cache's layout); q, allowed and the result as there.
+    """Softmax attention (fp32 scores) with grouped key/value heads, over keys and values
+    stored head-major, [batch, kv_heads, k_len, head_dim] (the KV cache's layout).
+
+    q: [batch, q_len, heads, head_dim]; allowed: boolean, broadcastable to [batch, 1,
+    q_len, k_len]; the result is [batch, q_len, heads, head_dim] in q's dtype.
 
     Both products are batched over (batch, kv_heads) with the query heads of a group and
     their positions as the rows of one matrix: the plain batched matmul XLA's CPU backend

@@ -18,7 +18,15 @@ from flax import nnx
 from interop.errors import UserError
 from jax_sft.models import kv_cache
 from jax_sft.models.hf_names import NameTable, Rule, merge_tail
-from jax_sft.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, call_layer, normal_init
+from jax_sft.models.layers import (
+    ACTIVATIONS,
+    Embed,
+    LayerNorm,
+    Linear,
+    call_layer,
+    normal_init,
+    output_kernel,
+)
 
 MODEL_TYPES = ("gpt2",)
 
@@ -178,7 +186,8 @@ class Block(nnx.Module):
 
 
 class GPT2(nnx.Module):
-    """Causal LM: token ids -> fp32 logits [batch, seq, vocab]; given a `KVCache`, the
+    """Causal LM: token ids -> fp32 logits [batch, seq, vocab] (with `head=False` the final
+    hidden states, for the chunked loss); given a `KVCache`, the
     chunk attends the cache too and (logits, updated cache) is returned."""
 
     def __init__(
@@ -223,6 +232,10 @@ class GPT2(nnx.Module):
         _, positions, allowed = kv_cache.begin(None, input_ids, None, None, None)
         return self.wte(input_ids) + self.wpe(positions), (allowed,)
 
+    def output_kernel(self) -> jax.Array:
+        """The output layer as an [embed, vocab] kernel (`layers.output_kernel`)."""
+        return output_kernel(self.wte, None)
+
     def __call__(
         self,
         input_ids: jax.Array,
@@ -230,6 +243,7 @@ class GPT2(nnx.Module):
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
         cache: kv_cache.KVCache | None = None,
+        head: bool = True,
     ) -> jax.Array | tuple[jax.Array, kv_cache.KVCache]:
         cache, positions, allowed = kv_cache.begin(
             cache, input_ids, attention_mask, positions, segment_ids
@@ -239,5 +253,8 @@ class GPT2(nnx.Module):
         for block, kv in zip(self.h, per_layer, strict=True):
             x, kv = call_layer(block, self.remat, x, allowed, kv)
             kvs.append(kv)
-        logits = self.wte.attend(self.ln_f(x)).astype(jnp.float32)
+        x = self.ln_f(x)
+        if not head:
+            return x
+        logits = self.wte.attend(x).astype(jnp.float32)
         return kv_cache.finish(cache, logits, kvs, input_ids.shape[1])

@@ -24,11 +24,8 @@ from dataclasses import dataclass, replace
 import jax
 import jax.numpy as jnp
 
-from jax_sft.models.attention import (
-    dot_product_attention,
-    head_major_attention,
-    positions_and_mask,
-)
+from jax_sft.models.attention import head_major_attention, positions_and_mask
+from jax_sft.models.blocked_attention import causal_attention
 
 LayerKV = tuple[jax.Array, jax.Array, jax.Array]
 
@@ -130,7 +127,7 @@ def attend(
     """Attention of q over k, v, or, given a layer's cache, over the cache with k, v
     written at its index; returns (output, the layer's updated cache or None)."""
     if kv is None:
-        return dot_product_attention(q, k, v, allowed, scale), None
+        return causal_attention(q, k, v, allowed, scale), None
     keys, values, index = kv
     start = (0, 0, index, 0)
     k, v = (jnp.swapaxes(t, 1, 2).astype(keys.dtype) for t in (k, v))

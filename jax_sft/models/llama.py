@@ -16,7 +16,7 @@ from flax import nnx
 from interop.errors import UserError
 from jax_sft.models import kv_cache
 from jax_sft.models.hf_names import TRANSPOSE, NameTable, Rule
-from jax_sft.models.layers import ACTIVATIONS, Embed, Linear, RMSNorm, call_layer
+from jax_sft.models.layers import ACTIVATIONS, Embed, Linear, RMSNorm, call_layer, output_kernel
 from jax_sft.models.rope import apply_rope, inverse_frequencies, rope_parameters, rope_table
 
 MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -156,7 +156,8 @@ class DecoderLayer(nnx.Module):
 
 
 class Llama(nnx.Module):
-    """Causal LM: token ids -> fp32 logits [batch, seq, vocab]; given a `KVCache`, the
+    """Causal LM: token ids -> fp32 logits [batch, seq, vocab] (with `head=False` the final
+    hidden states, for the chunked loss); given a `KVCache`, the
     chunk attends the cache too and (logits, updated cache) is returned."""
 
     def __init__(
@@ -224,6 +225,10 @@ class Llama(nnx.Module):
     def _rope(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
         return rope_table(positions, inverse_frequencies(self.cfg.head_dim, dict(self.cfg.rope)))
 
+    def output_kernel(self) -> jax.Array:
+        """The output layer as an [embed, vocab] kernel (`layers.output_kernel`)."""
+        return output_kernel(self.embed_tokens, self.lm_head)
+
     def __call__(
         self,
         input_ids: jax.Array,
@@ -231,6 +236,7 @@ class Llama(nnx.Module):
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
         cache: kv_cache.KVCache | None = None,
+        head: bool = True,
     ) -> jax.Array | tuple[jax.Array, kv_cache.KVCache]:
         seq = input_ids.shape[1] if cache is None else cache.max_len
         if self.cfg.sliding_window is not None and seq > self.cfg.sliding_window:
@@ -248,5 +254,7 @@ class Llama(nnx.Module):
             x, kv = call_layer(layer, self.remat, x, rope, allowed, kv)
             kvs.append(kv)
         x = self.norm(x)
+        if not head:
+            return x
         logits = self.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)
         return kv_cache.finish(cache, logits.astype(jnp.float32), kvs, input_ids.shape[1])

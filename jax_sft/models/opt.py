@@ -17,7 +17,7 @@ from flax import nnx
 from interop.errors import UserError
 from jax_sft.models import kv_cache
 from jax_sft.models.hf_names import TRANSPOSE, NameTable, Rule
-from jax_sft.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, call_layer
+from jax_sft.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, call_layer, output_kernel
 
 MODEL_TYPES = ("opt",)
 POSITION_OFFSET = 2
@@ -160,7 +160,8 @@ class DecoderLayer(nnx.Module):
 
 
 class OPT(nnx.Module):
-    """Causal LM: token ids -> fp32 logits [batch, seq, vocab]; given a `KVCache`, the
+    """Causal LM: token ids -> fp32 logits [batch, seq, vocab] (with `head=False` the final
+    hidden states, for the chunked loss); given a `KVCache`, the
     chunk attends the cache too and (logits, updated cache) is returned."""
 
     def __init__(
@@ -226,6 +227,10 @@ class OPT(nnx.Module):
             x = self.project_in(x)
         return x + self.embed_positions(positions + POSITION_OFFSET)
 
+    def output_kernel(self) -> jax.Array:
+        """The output layer as an [embed, vocab] kernel (`layers.output_kernel`)."""
+        return output_kernel(self.embed_tokens, self.lm_head)
+
     def __call__(
         self,
         input_ids: jax.Array,
@@ -233,6 +238,7 @@ class OPT(nnx.Module):
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
         cache: kv_cache.KVCache | None = None,
+        head: bool = True,
     ) -> jax.Array | tuple[jax.Array, kv_cache.KVCache]:
         cache, positions, allowed = kv_cache.begin(
             cache, input_ids, attention_mask, positions, segment_ids
@@ -246,5 +252,7 @@ class OPT(nnx.Module):
             x = self.final_layer_norm(x)
         if self.project_out is not None:
             x = self.project_out(x)
+        if not head:
+            return x
         logits = self.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)
         return kv_cache.finish(cache, logits.astype(jnp.float32), kvs, input_ids.shape[1])

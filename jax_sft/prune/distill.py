@@ -26,8 +26,7 @@ from flax import nnx
 
 from interop.data.examples import IGNORE
 from interop.pruning.distill import EPS
-from jax_sft.core.forward import forward_logits
-from jax_sft.core.loss import loss_sum_and_count
+from jax_sft.core.forward import forward_hidden, forward_loss
 from jax_sft.models.layers import block_outputs
 
 
@@ -50,9 +49,8 @@ def distilled_loss(
     """(NLL sum + weight x SquareHead sum, {"loss": NLL sum, "distill": SquareHead sum})
     of one micro-batch; no gradient reaches the teacher."""
     with block_outputs() as ours:
-        logits = forward_logits(graphdef, student, mb)
+        nll, _ = forward_loss(graphdef, student, mb)
     with block_outputs() as dense:
-        forward_logits(graphdef, jax.lax.stop_gradient(teacher), mb)
-    nll, _ = loss_sum_and_count(logits, mb["labels"])
+        forward_hidden(graphdef, jax.lax.stop_gradient(teacher), mb)
     term = squarehead_sum(ours, dense, mb["labels"])
     return nll + weight * term, {"loss": nll, "distill": term}
