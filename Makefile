@@ -31,11 +31,12 @@ test: venv-dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2
 
-# Benchmarks (figures, never pass/fail): throughput and memory; the sparse quality study,
+# Benchmarks (figures, never pass/fail): training speed of both backends in one run
+# (docs/benchmarks.md, docs/train-speed.{png,json}; about 20 minutes here); the sparse quality study,
 # which rewrites docs/sparse-study.{md,png,json}; peak memory of converting a DeepSpeed
 # checkpoint, ours beside DeepSpeed's zero_to_fp32.py (writes a 2 GB checkpoint under out/).
-bench: venv-core
-	$(BIN)/jax-sft bench configs/demo.yaml
+bench: venv-dev
+	$(BIN)/jax-sft bench --compare --steps 4 --rounds 3 --json
 
 bench-sparse: venv-core
 	$(BIN)/jax-sft bench --sparse configs/demo.yaml

@@ -3,8 +3,10 @@
 The tiny ones train on two CPU cores in seconds and still have every structural feature
 of their family (GQA, tied heads, OPT's projections); `llama-1b` (~1.1B parameters
 without the embeddings) is what `scripts/gpu_check.sh` times on an accelerator, and
-`llama-30m` (~29M) what the CPU benchmarks time (`bench-generate`, `bench-prune`), and
-`llama-4m` (~4M) the largest base the studies pretrain here in about a quarter of an hour
+`llama-30m` (~29M) what the CPU benchmarks time (`bench-generate`, `bench-prune`),
+`llama-10m` and `llama-50m` (~10.5M and ~52M, untied heads) what the training-speed
+benchmark trains on both backends (`jax-sft bench --compare`), and `llama-4m` (~4M) the
+largest base the studies pretrain here in about a quarter of an hour
 (`configs/study-4m.yaml`).
 """
 
@@ -63,6 +65,38 @@ TINY_CONFIGS: dict[str, dict] = {
         "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0,
         "tie_word_embeddings": True,
+        "hidden_act": "silu",
+    },
+    "llama-10m": {
+        **_COMMON,
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": 8192,
+        "hidden_size": 256,
+        "intermediate_size": 768,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "hidden_act": "silu",
+    },
+    "llama-50m": {
+        **_COMMON,
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": 8192,
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 14,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
         "hidden_act": "silu",
     },
     "llama-4m": {

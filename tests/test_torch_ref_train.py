@@ -108,6 +108,18 @@ def test_first_loss_is_the_initial_models_mean_token_loss(tiny_base, tmp_path, c
     assert abs(losses(out)[0] - want) <= 1e-6 * want
 
 
+def test_sdpa_attention_trains_as_eager_attention(tiny_base, tmp_path):
+    """The benchmark's PyTorch side (`--attn_implementation sdpa`) is the same training."""
+    runs = {}
+    for attention in ("eager", "sdpa"):
+        out = tmp_path / attention
+        cfg = run_config(tiny_base, out, train={"max_steps": 3}, schedule=CONSTANT)
+        assert train(tmp_path, attention, cfg, "--attn_implementation", attention) == 0
+        runs[attention] = losses(out)
+    assert len(runs["sdpa"]) == 3
+    np.testing.assert_allclose(runs["sdpa"], runs["eager"], rtol=1e-5)
+
+
 def test_two_micro_batches_of_two_update_like_one_of_four(tiny_base, tmp_path):
     results = {}
     for accum, micro in ((1, 4), (2, 2)):

@@ -1,7 +1,8 @@
 """`torch-ref` entry point: the PyTorch side of commands that need both frameworks.
 
 `torch-ref train CONFIG.yaml [--set a.b=v ...] [--deepspeed_config ds.json] [--overwrite]
-[--resume] [--json]` is the PyTorch/DeepSpeed reference trainer; for several processes,
+[--resume] [--attn_implementation eager|sdpa] [--json]` is the PyTorch/DeepSpeed reference
+trainer; for several processes,
 `torchrun --nproc_per_node P -m torch_ref.cli train ...` (or the `deepspeed` launcher).
 `torch-ref write-deepspeed` writes a DeepSpeed checkpoint for `jax-sft convert --to
 deepspeed`, which launches it.
@@ -84,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--resume", action="store_true", help="require a checkpoint in the output directory"
+    )
+    p.add_argument(
+        "--attn_implementation",
+        choices=("eager", "sdpa"),
+        default="eager",
+        help="transformers' attention: eager (the default, the parity reference) or sdpa "
+        "(PyTorch's fused kernels, what a PyTorch user gets by default; the benchmark's)",
     )
     add_json(p)
     p.set_defaults(run=_train)

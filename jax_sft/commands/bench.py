@@ -18,7 +18,7 @@ import jax
 from interop.arguments import add_json, add_overrides
 from interop.config_files import load_config
 from interop.report import emit
-from jax_sft.bench import generation, prune_study, pruned_generation, sparse_study
+from jax_sft.bench import generation, prune_study, pruned_generation, sparse_study, train_speed
 from jax_sft.bench.throughput import throughput
 from jax_sft.train.engine import MEMORY_FIELDS
 from jax_sft.train.run import make_engine
@@ -50,7 +50,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="generate: the rows- and heads-pruned exports beside dense (docs/pruning.md)",
     )
-    p.add_argument("--rounds", type=int, default=3, help="generate: alternating rounds")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="training speed, jax-sft train beside torch-ref train (DeepSpeed, SDPA), one run",
+    )
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        metavar="MODEL:SEQ",
+        help="compare: the cases to run (default: llama-10m and llama-50m at 256 and 512)",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="generate, compare: alternating rounds")
     p.add_argument("--sparse-lr", type=float, default=1e-2, help="study: LR of non-dense runs")
     p.add_argument("--docs", default="docs", help="study: where the table and PNG go")
     p.add_argument(
@@ -63,6 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.generate:
         return run_generation(args)
+    if args.compare:
+        return run_compare(args)
     cfg = load_config(args.config, args.overrides)
     if args.sparse:
         return run_study(args, cfg)
@@ -82,6 +95,29 @@ def run(args: argparse.Namespace) -> int:
             f"{result['devices']} x {result['device_kind']}; MFU {mfu}"
         )
     emit(lines, summary, args.json)
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """Both backends' training speed into docs/benchmarks.md, a PNG and a JSON file."""
+    cases = train_speed.CASES
+    if args.cases:
+        cases = tuple(train_speed.parse_case(c) for c in args.cases)
+    work = Path(args.work or "out/bench-compare")
+    summary = train_speed.benchmark(work, args.rounds, args.steps, cases)
+    docs = Path(args.docs)
+    text = train_speed.table(summary)
+    what = (
+        f"batch {train_speed.BATCH}, fp32, {args.steps} timed steps after {train_speed.WARM}, "
+        f"medians of {args.rounds} alternating rounds; XLA fp32 matmul peak "
+        f"{summary['peak_flops'] / 1e9:,.0f} GFLOP/s (median of the rounds)"
+    )
+    command = "bench --compare"
+    generation.write_docs(
+        docs / "benchmarks.md", f"`jax-sft {command}` ({what}):\n\n" + text, command=command
+    )
+    train_speed.write_figures(summary, docs)
+    emit([text, f"wrote {docs / 'benchmarks.md'}"], summary, args.json)
     return 0
 
 

@@ -21,7 +21,7 @@ from flax import nnx
 
 from jax_sft.core.loss import scored_tokens
 from jax_sft.core.mode import TrainingMode
-from jax_sft.core.step import TrainState, apply_gradients
+from jax_sft.core.step import TrainState, apply_gradients, compiler_options
 from jax_sft.sharding.placement import Placement
 
 
@@ -67,6 +67,7 @@ def make_micro_steps(
             grad,
             in_shardings=(placement.state, rows),
             out_shardings=(replicated, placement.grads),
+            compiler_options=compiler_options(),
         ),
         "loss": jax.jit(loss, in_shardings=(placement.state, rows), out_shardings=replicated),
         "add": jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=0),

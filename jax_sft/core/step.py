@@ -25,6 +25,16 @@ from jax_sft.sharding.placement import Placement, place
 TrainState = dict  # {"params", the mode's trees, "opt_state", "step", "rng"}
 
 
+def compiler_options() -> dict[str, str]:
+    """XLA options for the train and eval steps. On the CPU, XLA's memory-optimized
+    scheduler: under its default (concurrency-optimized) order the train step of the
+    50M Llama at batch 8 x 512 needs 4.44 GB of temporaries, under this one 3.62 GB
+    (`memory_analysis()`), at the same speed on two cores."""
+    if jax.default_backend() != "cpu":
+        return {}
+    return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
 def init_state(
     params: dict,
     arrays: Mapping,
@@ -107,6 +117,7 @@ def make_train_step(
         in_shardings=(placement.state, placement.batch, placement.replicated),
         out_shardings=(placement.state, placement.replicated),
         donate_argnums=0,
+        compiler_options=compiler_options(),
     )
 
 
@@ -119,4 +130,5 @@ def make_eval_step(
         lambda state, batch: forward_loss(graphdef, mode.params(state), batch),
         in_shardings=(placement.state, placement.rows),
         out_shardings=placement.replicated,
+        compiler_options=compiler_options(),
     )

@@ -47,12 +47,13 @@ class Built:
     distiller: Distiller | None = None
 
 
-def build(cfg: RunConfig) -> Built:
-    """The run's trainable module (on the CPU, float32) and its prepared tokenizer."""
+def build(cfg: RunConfig, attn_implementation: str = "eager") -> Built:
+    """The run's trainable module (on the CPU, float32, with `transformers`' attention
+    `attn_implementation`) and its prepared tokenizer."""
     _check_dtype(cfg.model.dtype)
     mode = cfg.training_mode
     source = resolve_source(cfg)
-    model, notes = load_hf_model(source.model_dir)
+    model, notes = load_hf_model(source.model_dir, attn_implementation)
     stored = StoredWeights(source.model_dir, model)
     base_fp = stored.fingerprint() if mode == "sparse" else None
     deltas = None

@@ -78,9 +78,12 @@ def _is_dropout(key: str, value: object) -> bool:
     )
 
 
-def load_hf_model(model_dir: Path) -> tuple[transformers.PreTrainedModel, list[str]]:
-    """(float32 eager-attention model in train mode without dropout, notes). The config
-    and the weight files are checked first, so a bad one is a one-line UserError."""
+def load_hf_model(
+    model_dir: Path, attn_implementation: str = "eager"
+) -> tuple[transformers.PreTrainedModel, list[str]]:
+    """(float32 model in train mode without dropout, notes), with eager attention (the
+    parity reference) unless `attn_implementation` says "sdpa". The config and the weight
+    files are checked first, so a bad one is a one-line UserError."""
     read_hf_config(model_dir)
     HFCheckpointReader(model_dir).close()
     config = transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True)
@@ -97,7 +100,7 @@ def load_hf_model(model_dir: Path) -> tuple[transformers.PreTrainedModel, list[s
         model_dir,
         config=config,
         dtype=torch.float32,
-        attn_implementation="eager",
+        attn_implementation=attn_implementation,
         local_files_only=True,
     )
     return model.train(), notes

@@ -68,7 +68,7 @@ def train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         resume=args.resume,
     ) as work_cfg:
-        built = build(work_cfg)
+        built = build(work_cfg, args.attn_implementation)
         trainer = Trainer(work_cfg, built)
         for note in [*notes, *built.notes] if main else ():
             print(f"note: {note}", file=sys.stderr)
