@@ -44,7 +44,7 @@ ROW_CHARS = 8000  # pydoc text per row: more than 512 tokens of the 8k-token BPE
 
 
 def parse_case(text: str) -> tuple[str, int]:
-    """"llama-50m:512" -> ("llama-50m", 512); a UserError names a malformed one."""
+    """ "llama-50m:512" -> ("llama-50m", 512); a UserError names a malformed one."""
     model, _, seq = text.partition(":")
     if not seq.isdigit() or int(seq) < 2:
         raise UserError(f"--cases: expected MODEL:SEQ like llama-50m:512, got {text!r}")

@@ -137,6 +137,7 @@ def setup(
     shapes = nnx.to_pure_dict(abstract_state)
     zero = cfg.parallel.zero_stage
     params = load_placed(source, shapes, param_shardings(mesh, zero, shapes, axes), patches)
+    source.close()
     table = registry.name_table(hf_config)
 
     ctx = ModeStart(
