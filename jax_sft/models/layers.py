@@ -27,8 +27,8 @@ def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
 
     Autodiff's weight gradient, x^T @ dy contracted over all leading axes, leads XLA's CPU
     layout assignment to transpose dy (the larger operand) inside the elementwise fusion
-    that produces it: a strided single-threaded loop that cost up to ten times the matmul
-    itself, ~20% of a training step. Here x and dy reach the weight-gradient product
+    that produces it: a strided single-threaded loop that took several times as long as
+    the matmul itself, ~20% of a training step. Here x and dy reach the weight-gradient product
     through an optimization barrier, as they are, and the product contracts their
     leading axes in place (the CPU matmul takes a transposed operand without a copy).
     Other backends get the same products without the barrier.
