@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from interop.data.examples import IGNORE
+from jax_sft.core.loss import scored_tokens
 
 CHUNK_BYTES = 32 * 2**20  # fp32 logits of one chunk
 
@@ -98,5 +99,4 @@ def chunked_loss_sum_and_count(
     """(sum of token NLLs in fp32, number of scored tokens) of the logits hidden @ head,
     never holding more than one chunk of them. hidden: the final hidden states [batch,
     seq, embed] in the compute dtype; head: the output kernel [embed, vocab]."""
-    count = jnp.sum(labels[:, 1:] != IGNORE)
-    return _nll_sum(hidden, head, labels), count
+    return _nll_sum(hidden, head, labels), scored_tokens(labels)
