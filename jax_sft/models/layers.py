@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_sft.models.lean_backward import rms_norm
+
 Axes = tuple[str | None, ...]
 
 
@@ -150,9 +152,7 @@ class RMSNorm(nnx.Module):
         self.scale = nnx.Param(jnp.ones((features,), param_dtype), axes=("embed",))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = x.astype(jnp.float32)
-        h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
-        return self.scale[...].astype(x.dtype) * h.astype(x.dtype)
+        return rms_norm(x, self.scale[...], self.eps)
 
 
 class LayerNorm(nnx.Module):

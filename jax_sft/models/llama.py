@@ -17,6 +17,7 @@ from interop.errors import UserError
 from jax_sft.models import kv_cache
 from jax_sft.models.hf_names import TRANSPOSE, NameTable, Rule
 from jax_sft.models.layers import ACTIVATIONS, Embed, Linear, RMSNorm, call_layer, output_kernel
+from jax_sft.models.lean_backward import silu_gated
 from jax_sft.models.rope import apply_rope, inverse_frequencies, rope_parameters, rope_table
 
 MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -131,9 +132,11 @@ class MLP(nnx.Module):
         self.up_proj = Linear(e, m, axes=("embed", "mlp"), use_bias=bias, **kw)
         self.down_proj = Linear(m, e, axes=("mlp", "embed"), use_bias=bias, **kw)
         self.act = ACTIVATIONS[cfg.hidden_act]
+        self.silu = cfg.hidden_act == "silu"
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(silu_gated(gate, up) if self.silu else self.act(gate) * up)
 
 
 class DecoderLayer(nnx.Module):
