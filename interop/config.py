@@ -114,6 +114,7 @@ class DataConfig(Section):
     phase: Annotated[int, Field(ge=1, le=3)] = 1
     eval_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     seed: NonNegativeInt = 1234
+    cache_dir: str | None = None  # tokenized data; default .data-cache beside output_dir
 
     @field_validator("data_split")
     @classmethod

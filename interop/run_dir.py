@@ -38,6 +38,7 @@ from interop.outputs import has_checkpoint
 from interop.preflight import check_data_given
 
 MARKER = "run.json"
+NOT_IDENTITY = {"data.cache_dir"}  # where tokens are cached changes no token
 BASE = "base"  # the cached tiny base model (`model.tiny`), kept across --overwrite
 DSCHAT_OWN = ("training.log",)  # what DeepSpeed-Chat's scripts put there before the run
 
@@ -71,7 +72,8 @@ def identity(cfg: RunConfig, backend: str) -> dict[str, object]:
     sections = {"model": model, "data": data["data"], mode: data.get(mode)}
     for section, values in sections.items():
         for key, value in (values or {}).items():
-            found[f"{section}.{key}"] = value
+            if f"{section}.{key}" not in NOT_IDENTITY:
+                found[f"{section}.{key}"] = value
     for key in ("micro_batch_size", "gradient_accumulation_steps", "seed"):
         found[f"train.{key}"] = data["train"][key]
     found["optim.grad_clip is set"] = cfg.optim.grad_clip is not None

@@ -129,3 +129,13 @@ def test_packed_and_unpacked_score_the_same_tokens(masked_prefix):
 def test_too_long_example_is_refused():
     with pytest.raises(ValueError, match="more than seq_len 4"):
         batches(make([5]), seq_len=4)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_a_process_fills_only_its_own_rows(packing):
+    b = batches(make(LENGTHS), batch_size=4, packing=packing)
+    full, mine = b.batch(1), b.batch(1, rows=[1, 3, 9])  # row 9 lies outside the batch
+    for key in KEYS:
+        np.testing.assert_array_equal(mine[key][[1, 3]], full[key][[1, 3]])
+    assert full["attention_mask"][[0, 2]].any()
+    assert (mine["attention_mask"][[0, 2]] == 0).all() and (mine["labels"][[0, 2]] == IGNORE).all()

@@ -94,7 +94,7 @@ def test_eval_fraction_holds_out_disjoint_rows(tmp_path, opt_tok):
     assert len(a) == 15 and len(b) == 5 and not set(a) & set(b)
     assert sorted(a + b) == sorted(f" t question {i} answer {i}" for i in range(20))
     assert decoded(tok, build(cfg, tok, eos, tmp_path)[1]) == b
-    assert build(cfg.model_copy(update={"eval_fraction": 0.0}), tok, eos, tmp_path)[1] == []
+    assert len(build(cfg.model_copy(update={"eval_fraction": 0.0}), tok, eos, tmp_path)[1]) == 0
 
 
 def test_blended_weights(tmp_path, opt_tok):

@@ -135,9 +135,9 @@ def test_parquet_rows_are_read_and_a_corrupt_file_is_named(tmp_path):
 @pytest.mark.parametrize(("weight", "count"), [(1.0, 10), (2.0, 20), (0.5, 5), (1.3, 13)])
 def test_weights_repeat_and_subsample(weight, count):
     rows = list(range(10))
-    out = weighted(rows, weight, np.random.default_rng([1, 0]))
+    out = weighted(10, weight, np.random.default_rng([1, 0])).tolist()
     assert len(out) == count
     assert out[: 10 * int(weight)] == rows * int(weight)
     extra = out[10 * int(weight) :]
     assert len(set(extra)) == len(extra) and set(extra) <= set(rows)
-    assert out == weighted(rows, weight, np.random.default_rng([1, 0]))
+    assert out == weighted(10, weight, np.random.default_rng([1, 0])).tolist()

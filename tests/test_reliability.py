@@ -321,7 +321,8 @@ def test_a_full_disk_is_one_line(prog, tiny_base, tmp_path, capsys):
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(disk)])
     assert mounted.returncode == 0, "a full disk is made as a small tmpfs (needs root)"
     try:
-        path = str(write_config(tmp_path, run_config(tiny_base, disk / "out")))
+        cache = {"cache_dir": str(tmp_path / "token-cache")}  # the full disk holds the run only
+        path = str(write_config(tmp_path, run_config(tiny_base, disk / "out", data=cache)))
         code = CLIS[prog](["train", path, "--set", "train.save_every=2"])
         leftovers = sorted(p.name for p in disk.iterdir())
     finally:

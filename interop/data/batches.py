@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from interop.data.examples import IGNORE, Example
+from interop.data.token_table import ExampleList
 
 PACK_STREAM = 2**31 - 1  # seeds the packing order apart from every epoch's order
 KEYS = ("input_ids", "attention_mask", "labels", "positions", "segment_ids")
@@ -50,37 +51,42 @@ class Batches:
         seed: int,
         shuffle: bool = True,
     ):
-        if not examples:
+        if not len(examples):
             raise ValueError("Batches needs at least one example")
-        longest = max(len(e.input_ids) for e in examples)
-        if longest > seq_len:
-            raise ValueError(f"an example has {longest} tokens, more than seq_len {seq_len}")
-        self.examples = list(examples)
+        lengths = example_lengths(examples)
+        if lengths.max() > seq_len:
+            raise ValueError(f"an example has {lengths.max()} tokens, more than seq_len {seq_len}")
+        self.examples = examples
         self.batch_size, self.seq_len, self.pad_id = batch_size, seq_len, pad_id
         self.packing, self.seed, self.shuffle = packing, seed, shuffle
+        self._rows: list[list[int]] | None = None  # unpacked: row i is example i
+        self._order: tuple[tuple[int, int] | None, np.ndarray | None] = (None, None)
+        rows = len(examples)
         if packing:
-            order = self._permutation(PACK_STREAM, len(self.examples))
-            self._rows = _pack([len(self.examples[i].input_ids) for i in order], seq_len, order)
-        else:
-            self._rows = [[i] for i in range(len(self.examples))]
-        self.steps_per_epoch = -(-len(self._rows) // batch_size)
+            order = self._permutation(PACK_STREAM, len(examples))
+            self._rows = _pack(lengths[order].tolist(), seq_len, order)
+            rows = len(self._rows)
+        self.steps_per_epoch = -(-rows // batch_size)
 
     @property
     def num_examples(self) -> int:
         """How many examples one epoch visits."""
         return len(self.examples)
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        """The batch of global step `step` (any step; epochs repeat with new orders)."""
+    def batch(self, step: int, rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """The batch of global step `step` (any step; epochs repeat with new orders).
+        With `rows`, only those rows of it are filled (the rest stay empty): a process
+        reads the examples of its own shards only."""
         epoch, index = divmod(step, self.steps_per_epoch)
-        order = self._permutation(epoch, len(self._rows))
+        order = self._permutation(epoch, len(self.examples if self._rows is None else self._rows))
         out = {key: np.zeros((self.batch_size, self.seq_len), np.int32) for key in KEYS}
         out["input_ids"][:] = self.pad_id
         out["labels"][:] = IGNORE
         chosen = order[index * self.batch_size : (index + 1) * self.batch_size]
-        for r, row in enumerate(chosen):
-            start = 0
-            for segment, i in enumerate(self._rows[row], start=1):
+        wanted = range(len(chosen)) if rows is None else [r for r in rows if r < len(chosen)]
+        for r in wanted:
+            row, start = chosen[r], 0
+            for segment, i in enumerate([row] if self._rows is None else self._rows[row], 1):
                 example = self.examples[i]
                 end = start + len(example.input_ids)
                 out["input_ids"][r, start:end] = example.input_ids
@@ -101,7 +107,16 @@ class Batches:
     def _permutation(self, stream: int, n: int) -> np.ndarray:
         if not self.shuffle:
             return np.arange(n)
-        return np.random.default_rng([self.seed, stream]).permutation(n)
+        if self._order[0] != (stream, n):  # every step of an epoch uses its order
+            self._order = ((stream, n), np.random.default_rng([self.seed, stream]).permutation(n))
+        return self._order[1]
+
+
+def example_lengths(examples: Sequence[Example]) -> np.ndarray:
+    """Every example's token count: read from an `ExampleList` without building examples."""
+    if isinstance(examples, ExampleList):
+        return examples.lengths
+    return np.fromiter((len(e.input_ids) for e in examples), np.int64, len(examples))
 
 
 def _pack(lengths: list[int], seq_len: int, order: np.ndarray) -> list[list[int]]:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 IGNORE = -100
+SKIPPED = -1  # the prompt length of a row that makes no example
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,12 +66,34 @@ def make_examples(
     loss_on: Literal["all", "completion"],
 ) -> list[Example]:
     """Tokenize and label `rows` in order; rows DeepSpeed-Chat would skip are dropped."""
-    texts = [text for row in rows if (text := _render(row, tok, eot)) is not None]
+    ids, prompt_lens = tokenize_rows(rows, tok, eot, max_seq_len=max_seq_len, loss_on=loss_on)
+    examples = []
+    for row_ids, prompt_len in zip(ids, prompt_lens, strict=True):
+        if prompt_len == SKIPPED:
+            continue
+        input_ids = np.asarray(row_ids, dtype=np.int32)
+        labels = input_ids.copy()
+        labels[:prompt_len] = IGNORE
+        examples.append(Example(input_ids, labels))
+    return examples
+
+
+def tokenize_rows(
+    rows: Sequence[Row],
+    tok: PreTrainedTokenizerFast,
+    eot: str,
+    *,
+    max_seq_len: int,
+    loss_on: Literal["all", "completion"],
+) -> tuple[list[list[int]], list[int]]:
+    """(token ids, prompt length) of every row, in order, by the tokenizer's batch
+    encoding; a row DeepSpeed-Chat would skip gets no ids and prompt length `SKIPPED`."""
+    texts = [_render(row, tok, eot) for row in rows]
     completion = loss_on == "completion"
     ids: list[list[int]] = [[] for _ in texts]
-    prompt_lens = [0] * len(texts)
+    prompt_lens = [SKIPPED if text is None else 0 for text in texts]
     for special in (True, False):
-        picked = [i for i, text in enumerate(texts) if text.add_special_tokens == special]
+        picked = [i for i, t in enumerate(texts) if t and t.add_special_tokens == special]
         if not picked:
             continue
         encoded = tok(
@@ -84,13 +107,7 @@ def make_examples(
             ids[i] = encoded["input_ids"][n]
             if completion:
                 prompt_lens[i] = _prompt_tokens(texts[i], encoded["offset_mapping"][n])
-    examples = []
-    for row_ids, prompt_len in zip(ids, prompt_lens, strict=True):
-        input_ids = np.asarray(row_ids, dtype=np.int32)
-        labels = input_ids.copy()
-        labels[:prompt_len] = IGNORE
-        examples.append(Example(input_ids, labels))
-    return examples
+    return ids, prompt_lens
 
 
 def _prompt_tokens(text: _Text, offsets: Sequence[tuple[int, int]]) -> int:

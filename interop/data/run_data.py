@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from interop.config import RunConfig
 from interop.data.batches import Batches
-from interop.data.examples import IGNORE, Example
 from interop.data.pipeline import build_datasets
+from interop.data.token_table import ExampleList
 from interop.errors import UserError
 
 if TYPE_CHECKING:
@@ -28,8 +26,8 @@ if TYPE_CHECKING:
 @dataclass
 class RunData:
     cfg: RunConfig
-    train: list[Example]
-    evals: list[Example]
+    train: ExampleList
+    evals: ExampleList
     pad_id: int
     dp: int  # data-parallel ranks
 
@@ -54,7 +52,7 @@ class RunData:
         t = self.cfg.train
         return self._batches(self.evals, (t.eval_batch_size or t.micro_batch_size) * self.dp, False)
 
-    def _batches(self, examples: list[Example], rows: int, shuffle: bool) -> Batches:
+    def _batches(self, examples: ExampleList, rows: int, shuffle: bool) -> Batches:
         return Batches(
             examples,
             batch_size=rows,
@@ -77,20 +75,31 @@ def run_data(
 ) -> RunData:
     """The run's data from its config, plus `records` given in memory (`build_datasets`);
     data in which no token would be scored is refused, naming the cause."""
-    train, evals = build_datasets(cfg.data, tok, eot, base_dir=base_dir, records=records)
+    train, evals = build_datasets(
+        cfg.data,
+        tok,
+        eot,
+        base_dir=base_dir,
+        records=records,
+        cache_dir=cache_dir(cfg),
+        progress=cfg.logging.progress_bar,
+    )
     _check_scored(train, cfg, "data.sources")
     if evals:
         _check_scored(evals, cfg, "data.eval_sources" if cfg.data.eval_sources else "eval")
     return RunData(cfg, train, evals, tok.pad_token_id, dp)
 
 
-def scored_tokens(examples: list[Example]) -> int:
-    """Tokens a shifted loss would score (position 0 never is)."""
-    return sum(int(np.count_nonzero(e.labels[1:] != IGNORE)) for e in examples)
+def cache_dir(cfg: RunConfig) -> Path:
+    """Where the run's tokenized data is cached: `data.cache_dir`, else `.data-cache`
+    beside the output directory (runs that share a parent share their tokens)."""
+    if cfg.data.cache_dir is not None:
+        return Path(cfg.data.cache_dir).expanduser()
+    return Path(cfg.train.output_dir).expanduser().parent / ".data-cache"
 
 
-def _check_scored(examples: list[Example], cfg: RunConfig, what: str) -> None:
-    if scored_tokens(examples):
+def _check_scored(examples: ExampleList, cfg: RunConfig, what: str) -> None:
+    if examples.scored_tokens():
         return
     d = cfg.data
     cause = (

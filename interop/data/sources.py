@@ -21,10 +21,12 @@ in general floor(w) full copies plus a seeded round(frac(w) * n) subset.
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +41,7 @@ FORMAT_KEYS = {
 }
 NULLABLE = {"prompt_chosen"}  # DeepSpeed-Chat skips rows with a null prompt or chosen
 DIRECTORY_FILES = ("train.json", "train.jsonl", "train.parquet")
-T = TypeVar("T")
+CHUNK_ROWS = 8192  # rows read, validated and tokenized at a time
 
 
 @dataclass(frozen=True)
@@ -53,16 +55,38 @@ class Row:
 
 def read_source(source: DataSource, base_dir: Path = Path(".")) -> list[Row]:
     """The rows of one source (file or directory), validated; relative paths use base_dir."""
+    return [row for rows in iter_rows(source, base_dir) for row in rows]
+
+
+def iter_rows(
+    source: DataSource, base_dir: Path = Path("."), chunk: int = CHUNK_ROWS
+) -> Iterator[list[Row]]:
+    """The rows of one source, validated, in lists of up to `chunk`: JSON Lines and
+    parquet are read as they are consumed, so memory holds one chunk of rows."""
+    for full, shown in source_files(source, base_dir):
+        yield from file_rows(full, shown, source.format, chunk)
+
+
+def file_rows(full: Path, shown: Path, fmt: str, chunk: int = CHUNK_ROWS) -> Iterator[list[Row]]:
+    """The validated rows of one data file in lists of up to `chunk`; format `auto` is
+    told from the first row."""
+    for records in _records(full, shown, chunk):
+        fmt = fmt if fmt != "auto" else _detect(*records[0])
+        yield [Row(_check(record, fmt, where), fmt, where) for where, record in records]
+
+
+def source_files(source: DataSource, base_dir: Path = Path(".")) -> list[tuple[Path, Path]]:
+    """(path to open, path to show) of each file a source reads, in reading order."""
     path = Path(source.path).expanduser()
     full = path if path.is_absolute() else base_dir / path
     if full.is_dir():
         files = [name for name in DIRECTORY_FILES if (full / name).is_file()]
         if not files:
             raise UserError(f"{path}: a data directory needs one of {', '.join(DIRECTORY_FILES)}")
-        return [row for name in files for row in _read_file(full / name, path / name, source)]
+        return [(full / name, path / name) for name in files]
     if not full.is_file():
         raise UserError(f"{path}: no such data file")
-    return _read_file(full, path, source)
+    return [(full, path)]
 
 
 def records_rows(records: list, fmt: str = "auto", name: str = "training_data") -> list[Row]:
@@ -75,28 +99,30 @@ def records_rows(records: list, fmt: str = "auto", name: str = "training_data") 
     return [Row(_check(record, fmt, where), fmt, where) for where, record in located]
 
 
-def weighted(rows: list[T], weight: float, rng: np.random.Generator) -> list[T]:
-    """`rows` repeated floor(weight) times plus a seeded round(frac(weight) * n) subset."""
+def weighted(n: int, weight: float, rng: np.random.Generator) -> np.ndarray:
+    """Positions of n rows weighted: all of them floor(weight) times, then a seeded
+    round(frac(weight) * n) subset in order."""
     whole = int(weight)
-    extra = round((weight - whole) * len(rows))
-    picked = np.sort(rng.permutation(len(rows))[:extra])
-    return rows * whole + [rows[i] for i in picked]
+    extra = round((weight - whole) * n)
+    picked = np.sort(rng.permutation(n)[:extra])
+    return np.concatenate([np.tile(np.arange(n), whole), picked]).astype(np.int64)
 
 
-def _read_file(full: Path, shown: Path, source: DataSource) -> list[Row]:
+def _records(full: Path, shown: Path, chunk: int) -> Iterator[list[tuple[str, Any]]]:
     suffix = full.suffix.lower()
-    if suffix == ".jsonl":
-        records = _json_lines(full, shown)
+    if suffix == ".jsonl" or (suffix == ".json" and not _json_array(full)):
+        yield from _chunks(_json_lines(full, shown), chunk)
     elif suffix == ".json":
-        records = _json_file(full, shown)
+        yield from _chunks(iter(_json_file(full, shown)), chunk)
     elif suffix == ".parquet":
-        records = _parquet(full, shown)
+        yield from _parquet(full, shown, chunk)
     else:
         raise UserError(f"{shown}: unknown data file type '{suffix}' (use .json, .jsonl, .parquet)")
-    if not records:
-        return []
-    fmt = source.format if source.format != "auto" else _detect(*records[0])
-    return [Row(_check(record, fmt, where), fmt, where) for where, record in records]
+
+
+def _chunks(records: Iterator[tuple[str, Any]], size: int) -> Iterator[list[tuple[str, Any]]]:
+    while chunk := list(itertools.islice(records, size)):
+        yield chunk
 
 
 def utf8_text(raw: bytes, shown: str | Path, first_line: int = 1) -> str:
@@ -110,8 +136,7 @@ def utf8_text(raw: bytes, shown: str | Path, first_line: int = 1) -> str:
         raise UserError(f"{shown}:{line}: not UTF-8 text (byte 0x{byte:02x})") from None
 
 
-def _json_lines(full: Path, shown: Path) -> list[tuple[str, Any]]:
-    records = []
+def _json_lines(full: Path, shown: Path) -> Iterator[tuple[str, Any]]:
     with open(full, "rb") as f:
         for number, raw in enumerate(f, start=1):
             where = f"{shown}:{number}"
@@ -119,16 +144,23 @@ def _json_lines(full: Path, shown: Path) -> list[tuple[str, Any]]:
             if not line.strip():
                 continue
             try:
-                records.append((where, json.loads(line)))
+                yield where, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UserError(f"{where}: invalid JSON ({exc.msg})") from None
-    return records
+
+
+def _json_array(full: Path) -> bool:
+    """Whether a .json file holds one JSON list (else it is read as JSON Lines)."""
+    with open(full, "rb") as f:
+        while block := f.read(1 << 16):
+            text = block.lstrip()
+            if text:
+                return text.startswith(b"[")
+    return False
 
 
 def _json_file(full: Path, shown: Path) -> list[tuple[str, Any]]:
     text = utf8_text(full.read_bytes(), shown)
-    if not text.lstrip().startswith("["):
-        return _json_lines(full, shown)
     try:
         items = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -136,15 +168,18 @@ def _json_file(full: Path, shown: Path) -> list[tuple[str, Any]]:
     return [(f"{shown}: row {i}", item) for i, item in enumerate(items, start=1)]
 
 
-def _parquet(full: Path, shown: Path) -> list[tuple[str, Any]]:
+def _parquet(full: Path, shown: Path, chunk: int) -> Iterator[list[tuple[str, Any]]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    number = 0
     try:
-        items = pq.read_table(full).to_pylist()
+        for batch in pq.ParquetFile(full).iter_batches(batch_size=chunk):
+            items = batch.to_pylist()
+            yield [(f"{shown}: row {number + i}", item) for i, item in enumerate(items, start=1)]
+            number += len(items)
     except pa.ArrowException as exc:
         raise UserError(f"{shown}: not a readable parquet file ({exc})") from None
-    return [(f"{shown}: row {i}", item) for i, item in enumerate(items, start=1)]
 
 
 def _detect(where: str, record: Any) -> str:

@@ -29,8 +29,10 @@ Where this differs from running DeepSpeed-Chat, on purpose:
   matches no linear layer is an error here (DeepSpeed-Chat would silently adapt nothing).
   The factors start from peft's init (A uniform in +-1/sqrt(in)), not DeepSpeed-Chat's
   (+-1/sqrt(N)).
+- `--data_output_path` is where the tokenized data is cached (`data.cache_dir`), as
+  DeepSpeed-Chat caches its own there (default `/tmp/data_files/`).
 - Flags with no effect here (offload, the LoRA flags when `--lora_dim` is 0,
-  `--local_rank`, `--data_output_path`, `--compute_fp32_loss`: the loss is always float32)
+  `--local_rank`, `--compute_fp32_loss`: the loss is always float32)
   are accepted and listed in the notes when given.
 
 The schedule length is DeepSpeed-Chat's `epochs * ceil(micro-batches per epoch /
@@ -133,7 +135,6 @@ def dschat_parser() -> argparse.ArgumentParser:
 
 # Flags that are accepted, change nothing here, and are worth a note when given.
 _NO_EFFECT = {
-    "data_output_path": "no cache files are written; batches are computed from the seed",
     "local_rank": "set by the launcher; one process drives every local device here",
     "offload": "there is no CPU offload; optimizer state stays on the accelerator",
     "compute_fp32_loss": "the loss is always computed in float32 here",
@@ -212,6 +213,8 @@ def _data(b: _Builder, args: argparse.Namespace, cwd: Path) -> None:
     b.set("data.max_seq_len", args.max_seq_len, f"--max_seq_len {args.max_seq_len}")
     b.set("data.seed", args.seed, f"--seed {args.seed}")
     b.set("data.add_eot_token", args.add_eot_token, "--add_eot_token")
+    flag = f"--data_output_path {args.data_output_path}"
+    b.set("data.cache_dir", str(_local(cwd, args.data_output_path)), flag)
     b.set("data.eot_token", args.eot_token, f"--eot_token {args.eot_token}")
 
 

@@ -135,6 +135,17 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(None, DATA_AXES, None))
 
 
+def local_batch_rows(mesh: Mesh, accumulation: int, rows: int) -> list[int] | None:
+    """The rows of a host global batch [accumulation x rows, seq] that this process's
+    devices hold under `batch_sharding` (None: all of them, as with one process)."""
+    shape = (accumulation, rows, 1)
+    held: set[int] = set()
+    for index in batch_sharding(mesh).addressable_devices_indices_map(shape).values():
+        slots, part = range(accumulation)[index[0]], range(rows)[index[1]]
+        held.update(k * rows + j for k in slots for j in part)
+    return None if len(held) == accumulation * rows else sorted(held)
+
+
 def rows_sharding(mesh: Mesh) -> NamedSharding:
     """A batch [rows, seq] (a micro-batch, an eval batch): rows over the data-parallel axes."""
     return NamedSharding(mesh, P(DATA_AXES, None))

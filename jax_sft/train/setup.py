@@ -42,6 +42,7 @@ from jax_sft.sharding.placement import (
     Placement,
     batch_sharding,
     build_placement,
+    local_batch_rows,
     param_shardings,
     place_batch,
 )
@@ -75,8 +76,16 @@ class Setup:
 
     def global_batch(self, step: int) -> dict[str, jax.Array]:
         """The batch of optimizer step `step`, [accumulation, micro, seq], placed: each
-        process builds only the shards its own devices hold."""
-        return step_batch(self.batches.batch(step), self.cfg, self.mesh)
+        process reads and builds only the rows its own devices hold."""
+        return global_batch(self.batches, step, self.cfg, self.mesh)
+
+
+def global_batch(batches: Batches, step: int, cfg: RunConfig, mesh: Mesh) -> dict[str, jax.Array]:
+    """Optimizer step `step`'s batch from `batches`, [accumulation, micro, seq], placed;
+    this process fills only its own rows of it."""
+    accum = cfg.train.gradient_accumulation_steps
+    rows = local_batch_rows(mesh, accum, batches.batch_size // accum)
+    return step_batch(batches.batch(step, rows), cfg, mesh)
 
 
 def step_batch(host: dict[str, np.ndarray], cfg: RunConfig, mesh: Mesh) -> dict[str, jax.Array]:
@@ -149,7 +158,7 @@ def setup(
         table=table,
         mesh=mesh,
         train=batches,
-        global_batch=lambda step: step_batch(batches.batch(step), cfg, mesh),
+        global_batch=lambda step: global_batch(batches, step, cfg, mesh),
         total_steps=total_steps,
         model_dir=model_dir,
         adapter=continued,
