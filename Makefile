@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test lint bench bench-sparse bench-deepspeed bench-prune bench-generate venv-core venv-dev clean
+.PHONY: demo test lint bench bench-sparse bench-deepspeed bench-prune bench-generate bench-data venv-core venv-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ bench-prune: venv-dev
 bench-generate: venv-dev
 	$(BIN)/jax-sft bench --generate
 	$(BIN)/python scripts/decode_breakdown.py
+
+# Data at scale: 2-step runs on 1,000 and 1,000,000 prompt/chosen rows (writes a 0.5 GB
+# file and its token cache under out/bench-data; docs/benchmarks.md).
+bench-data: venv-core
+	$(BIN)/jax-sft bench --data --json
 
 lint: venv-dev
 	$(BIN)/ruff check .

@@ -1,11 +1,13 @@
-"""`jax-sft bench [CONFIG] [--memory | --sparse | --prune | --generate]`: speed, MFU, studies.
+"""`jax-sft bench [CONFIG] [--memory | --sparse | --prune | --generate | --compare | --data]`.
 
 Throughput and MFU come from `jax_sft.bench.throughput`. `--memory` compiles the train
 step for the config's mesh and ZeRO stage without running it and reports
 `compiled.memory_analysis()` per device: exact on the CPU and independent of machine
 load, so placements compare exactly. `--sparse` runs the sparse fine-tuning quality
 study instead (`jax_sft.bench.sparse_study`), `--prune` the pruning study
-(`jax_sft.bench.prune_study`).
+(`jax_sft.bench.prune_study`), `--compare` both backends' training speed
+(`jax_sft.bench.train_speed`), `--data` what data costs at scale
+(`jax_sft.bench.data_scale`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import jax
 from interop.arguments import add_json, add_overrides
 from interop.config_files import load_config
 from interop.report import emit
-from jax_sft.bench import generation, prune_study, pruned_generation, sparse_study, train_speed
+from jax_sft.bench import (
+    data_scale,
+    generation,
+    prune_study,
+    pruned_generation,
+    sparse_study,
+    train_speed,
+)
 from jax_sft.bench.throughput import throughput
 from jax_sft.train.engine import MEMORY_FIELDS
 from jax_sft.train.run import make_engine
@@ -56,6 +65,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="training speed, jax-sft train beside torch-ref train (DeepSpeed, SDPA), one run",
     )
     p.add_argument(
+        "--data",
+        action="store_true",
+        help="data at scale: 2-step runs on 1,000 and 1,000,000 rows, tokenizing and cached",
+    )
+    p.add_argument(
         "--cases",
         nargs="+",
         metavar="MODEL:SEQ",
@@ -76,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         return run_generation(args)
     if args.compare:
         return run_compare(args)
+    if args.data:
+        return run_data_scale(args)
     cfg = load_config(args.config, args.overrides)
     if args.sparse:
         return run_study(args, cfg)
@@ -118,6 +134,20 @@ def run_compare(args: argparse.Namespace) -> int:
     )
     train_speed.write_figures(summary, docs)
     emit([text, f"wrote {docs / 'benchmarks.md'}"], summary, args.json)
+    return 0
+
+
+def run_data_scale(args: argparse.Namespace) -> int:
+    """The data-at-scale benchmark into docs/benchmarks.md."""
+    summary = data_scale.benchmark(Path(args.work or "out/bench-data"))
+    text = data_scale.table(summary)
+    what = (
+        f"prompt/chosen rows at max_seq_len {summary['max_seq_len']}, the demo's tiny Llama, "
+        "2 steps; each size run twice from an empty cache: tokenizing, then mapped"
+    )
+    docs = Path(args.docs) / "benchmarks.md"
+    generation.write_docs(docs, f"`jax-sft bench --data` ({what}):\n\n" + text, "bench --data")
+    emit([text, f"wrote {docs}"], summary, args.json)
     return 0
 
 
