@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from train_fixtures import zero_micro_batch
 
 from interop.data.examples import IGNORE
 from interop.tiny_configs import tiny_config
@@ -53,14 +54,7 @@ def test_at_32k_vocabulary_and_sequence_2048_the_logits_never_exist_whole():
     config.update(vocab_size=32000, max_position_embeddings=2048)
     seq = 2048
     graphdef, params = nnx.split(registry.build_model(config, seed=0), nnx.Param)
-    ids = jnp.zeros((1, seq), jnp.int32)
-    mb = {
-        "input_ids": ids,
-        "attention_mask": jnp.ones_like(ids),
-        "positions": None,
-        "segment_ids": None,
-        "labels": ids,
-    }
+    mb = zero_micro_batch(1, seq)
 
     def naive(params, mb):
         model = nnx.merge(graphdef, params)

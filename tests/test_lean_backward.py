@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from train_fixtures import zero_micro_batch
 
 from interop.tiny_configs import tiny_config
 from jax_sft.core.forward import forward_loss
@@ -64,14 +65,7 @@ def test_rms_norm_equals_autodiff(dtype):
 def gradient_temp_bytes(cfg: dict, batch: int, seq: int) -> int:
     graphdef, params = nnx.split(registry.build_model(cfg, seed=0), nnx.Param)
     params = nnx.to_pure_dict(params)
-    ids = jnp.zeros((batch, seq), jnp.int32)
-    mb = {
-        "input_ids": ids,
-        "attention_mask": jnp.ones_like(ids),
-        "positions": None,
-        "segment_ids": None,
-        "labels": ids,
-    }
+    mb = zero_micro_batch(batch, seq)
     grad = jax.grad(lambda p: forward_loss(graphdef, p, mb)[0])
     compiled = jax.jit(grad, compiler_options=compiler_options()).lower(params).compile()
     return compiled.memory_analysis().temp_size_in_bytes

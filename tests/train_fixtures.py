@@ -35,3 +35,18 @@ def write_config(tmp_path: Path, cfg: RunConfig) -> Path:
     path = tmp_path / "run.yaml"
     path.write_text(dump_config(cfg))
     return path
+
+
+def zero_micro_batch(batch: int, seq: int) -> dict:
+    """A micro-batch of token 0 everywhere, every position attended and scored: what a
+    compile-only memory figure needs (the values never matter there)."""
+    import jax.numpy as jnp
+
+    ids = jnp.zeros((batch, seq), jnp.int32)
+    return {
+        "input_ids": ids,
+        "attention_mask": jnp.ones_like(ids),
+        "positions": None,
+        "segment_ids": None,
+        "labels": ids,
+    }
