@@ -49,18 +49,17 @@ def build_datasets(
     `records` (example dicts given in memory) are one more source, after the files.
     With `cache_dir`, each file is tokenized once into `token_cache` and mapped after."""
     tables: list[TokenTable] = []
+    make = dict(max_seq_len=cfg.max_seq_len, loss_on=cfg.loss_on)
 
     def tokenized(source: DataSource) -> Picks:
         """Every row of a source as (table, row) picks, its files tokenized."""
         picks = []
         for full, shown in source_files(source, base_dir):
-            make = dict(max_seq_len=cfg.max_seq_len, loss_on=cfg.loss_on)
             if cache_dir is None:
-                chunks = [
-                    tokenize_rows(r, tok, eot, **make)
-                    for r in file_rows(full, shown, source.format)
-                ]
-                table = TokenTable.from_lists(*_joined(chunks))
+                rows = file_rows(full, shown, source.format)
+                table = TokenTable.from_lists(
+                    *_joined([tokenize_rows(r, tok, eot, **make) for r in rows])
+                )
             else:
                 table = cached_table(
                     full,
@@ -79,7 +78,6 @@ def build_datasets(
     sources = [(s, tokenized(s)) for s in cfg.sources]
     if records is not None:
         rows = records_rows(records)
-        make = dict(max_seq_len=cfg.max_seq_len, loss_on=cfg.loss_on)
         tables.append(TokenTable.from_lists(*tokenize_rows(rows, tok, eot, **make)))
         sources.append((DataSource(path="training_data"), _all_rows(len(tables) - 1, len(rows))))
     if not sources:
@@ -95,11 +93,8 @@ def build_datasets(
         picks, out = _hold_out(picks, hold_out, _rng(cfg.seed, index, EVAL_STREAM))
         held.append(out)
         counts["kept"] += len(picks[0])
-        train.append(
-            _take(
-                picks, weighted(len(picks[0]), source.weight, _rng(cfg.seed, index, WEIGHT_STREAM))
-            )
-        )
+        repeats = weighted(len(picks[0]), source.weight, _rng(cfg.seed, index, WEIGHT_STREAM))
+        train.append(_take(picks, repeats))
     train_picks = _blend(_concat(train), len(sources), cfg.seed)
     if cfg.eval_sources:
         picks = _concat([_phase(tokenized(s), cfg, s) for s in cfg.eval_sources])
