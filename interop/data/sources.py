@@ -55,21 +55,13 @@ class Row:
 
 def read_source(source: DataSource, base_dir: Path = Path(".")) -> list[Row]:
     """The rows of one source (file or directory), validated; relative paths use base_dir."""
-    return [row for rows in iter_rows(source, base_dir) for row in rows]
-
-
-def iter_rows(
-    source: DataSource, base_dir: Path = Path("."), chunk: int = CHUNK_ROWS
-) -> Iterator[list[Row]]:
-    """The rows of one source, validated, in lists of up to `chunk`: JSON Lines and
-    parquet are read as they are consumed, so memory holds one chunk of rows."""
-    for full, shown in source_files(source, base_dir):
-        yield from file_rows(full, shown, source.format, chunk)
+    files = source_files(source, base_dir)
+    return [row for f in files for rows in file_rows(*f, source.format) for row in rows]
 
 
 def file_rows(full: Path, shown: Path, fmt: str, chunk: int = CHUNK_ROWS) -> Iterator[list[Row]]:
-    """The validated rows of one data file in lists of up to `chunk`; format `auto` is
-    told from the first row."""
+    """The validated rows of one data file in lists of up to `chunk` (JSON Lines and
+    parquet are read as the lists are consumed); format `auto` is told from the first row."""
     for records in _records(full, shown, chunk):
         fmt = fmt if fmt != "auto" else _detect(*records[0])
         yield [Row(_check(record, fmt, where), fmt, where) for where, record in records]
