@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test lint bench bench-sparse bench-deepspeed bench-prune bench-generate bench-data venv-core venv-dev clean
+.PHONY: demo test lint bench bench-sparse bench-deepspeed bench-prune bench-generate bench-data bench-compile venv-core venv-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ bench-generate: venv-dev
 # file and its token cache under out/bench-data; docs/benchmarks.md).
 bench-data: venv-core
 	$(BIN)/jax-sft bench --data --json
+
+# Compile time of the train step, decoder layers looped and scanned (docs/benchmarks.md;
+# about 5 minutes here).
+bench-compile: venv-core
+	$(BIN)/jax-sft bench --compile --json
 
 lint: venv-dev
 	$(BIN)/ruff check .

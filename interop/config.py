@@ -64,6 +64,9 @@ class ModelConfig(Section):
     dtype: Dtype = "float32"
     param_dtype: Dtype = "float32"
     remat: bool = False
+    # JAX: the decoder layers stored stacked and run as one scan over depth, so the train
+    # step compiles one layer whatever the depth (full fine-tuning; no effect on PyTorch)
+    scan_layers: bool = False
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
 

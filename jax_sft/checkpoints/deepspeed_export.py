@@ -27,7 +27,7 @@ from interop.checkpoints.hf_write import write_hf_checkpoint
 from interop.errors import BackendError, UserError
 from interop.processes import free_port
 from jax_sft.checkpoints.orbax_io import flatten
-from jax_sft.models import registry
+from jax_sft.models import registry, stacked
 from jax_sft.models.hf_names import ours_to_hf
 
 _ELASTIC = re.compile(r"^E\d{4} ")  # torchrun's log of a failed rank
@@ -56,14 +56,14 @@ def write_transfer(src: Path, base: str | Path | None, dst: Path) -> dict:
             "every parameter, which a DeepSpeed checkpoint holds)"
         )
     table = registry.name_table(config)
-    params = {p: np.asarray(a, np.float32) for p, a in flatten(tree["params"]).items()}
+    params = _per_layer(tree["params"])
     expected = registry.expected_shapes(config)
     wrong = [p for p, a in params.items() if expected.get(p) != a.shape]
     if wrong:
         raise UserError(f"{where / 'config.json'}: does not describe {src} ({wrong[0]})")
     write_hf_checkpoint(dst, ours_to_hf(table, params), config, tokenizer_src=where)
     for key, name in zip(("mu", "nu"), MOMENTS, strict=True):
-        moments = {p: np.asarray(a, np.float32) for p, a in flatten(adam[0][key]).items()}
+        moments = _per_layer(adam[0][key])
         write_tensors(dict(ours_to_hf(table, moments)), dst / f"{name}.safetensors")
     steps = {"step": int(tree["step"]), "adam_count": int(adam[0]["count"])}
     (dst / STEPS).write_text(json.dumps(steps) + "\n")
@@ -91,3 +91,9 @@ def run_torch_writer(
         raise UserError(said[-1].removeprefix("torch-ref: error: "))
     tail = "\n".join(lines[-15:])
     raise BackendError(f"the torch side failed (exit {done.returncode}):\n{tail}")
+
+
+def _per_layer(tree: dict) -> dict[str, np.ndarray]:
+    """A restored parameter-shaped tree as fp32 arrays by per-layer path (a run that
+    scanned its layers saved them stacked)."""
+    return stacked.unstack_flat({p: np.asarray(a, np.float32) for p, a in flatten(tree).items()})

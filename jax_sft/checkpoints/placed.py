@@ -27,7 +27,7 @@ from interop.checkpoints.sparse_bitmask import DecodedSparse, dense_config
 from interop.errors import UserError
 from interop.sparse_format import fingerprint
 from jax_sft.checkpoints.orbax_io import nest
-from jax_sft.models import registry
+from jax_sft.models import registry, stacked
 from jax_sft.models.hf_names import hf_layout
 
 Patch = Callable[[np.ndarray], np.ndarray]
@@ -86,18 +86,24 @@ class TensorSource:
             target = {path: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)}
             args = {path: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=shape, dtype=dtype)}
             return self._restore(target, args)
-        name, transform = self._layout[path]
         read: dict[tuple, np.ndarray] = {}  # a slice several devices hold is read once
 
         def slice_of(index: tuple[slice, ...]) -> np.ndarray:
             key = tuple(s.indices(n)[:2] for s, n in zip(index, shape, strict=True))
             if key not in read:
-                hf_index, to_ours = transform.hf_slice(index, shape)
-                block = to_ours(self._reader.get_slice(name, hf_index))
-                read[key] = block.astype(dtype, copy=False)
+                read[key] = self.block(path, index, dtype)
             return read[key]
 
         return jax.make_array_from_callback(shape, sharding, slice_of)
+
+    def block(self, path: str, index: tuple[slice, ...], dtype: np.dtype) -> np.ndarray:
+        """Our slice `index` of one tensor, in `dtype`; from an HF file only that block
+        is read."""
+        if self.format == "orbax":
+            return self.read(path)[index].astype(dtype, copy=False)
+        name, transform = self._layout[path]
+        hf_index, to_ours = transform.hf_slice(index, self.shapes[path])
+        return to_ours(self._reader.get_slice(name, hf_index)).astype(dtype, copy=False)
 
     def _restore(self, target: dict, args: dict):
         with ocp.PyTreeCheckpointer() as ckpt:
@@ -155,7 +161,9 @@ def load_placed(
     placed = []
     for (key_path, want), sharding in zip(leaves, sharding_leaves, strict=True):
         path = registry.path_str(tuple(k.key for k in key_path))
-        if path in patches:
+        if stacked.is_stacked_path(path):
+            array = _place_stacked(source, path, want, sharding, patches)
+        elif path in patches:
             host = source.read(path)
             for patch in patches[path]:
                 host = patch(host)
@@ -167,3 +175,38 @@ def load_placed(
             raise UserError(f"{source.path}: parameter {path} has shape {array.shape}")
         placed.append(array)
     return jax.tree_util.tree_unflatten(treedef, placed)
+
+
+def _patched(source: TensorSource, path: str, patches: list[Patch]) -> np.ndarray:
+    host = source.read(path)
+    for patch in patches:
+        host = patch(host)
+    return host
+
+
+def _place_stacked(
+    source: TensorSource,
+    path: str,
+    want: jax.ShapeDtypeStruct,
+    sharding: jax.sharding.Sharding,
+    patches: Mapping[str, list[Patch]],
+) -> jax.Array:
+    """A stacked leaf (`models.stacked`) from its per-layer tensors: each device's block
+    is built layer by layer from the blocks it holds of each."""
+    layers = [stacked.per_layer_path(path, i) for i in range(want.shape[0])]
+
+    def layer_block(name: str, index: tuple[slice, ...]) -> np.ndarray:
+        if name in patches:
+            return _patched(source, name, patches[name])[index].astype(want.dtype, copy=False)
+        return source.block(name, index, want.dtype)
+
+    read: dict[tuple, np.ndarray] = {}  # a block several devices hold is read once
+
+    def block(index: tuple[slice, ...]) -> np.ndarray:
+        key = tuple(s.indices(n)[:2] for s, n in zip(index, want.shape, strict=True))
+        if key not in read:
+            rows = range(*index[0].indices(want.shape[0]))
+            read[key] = np.stack([layer_block(layers[i], index[1:]) for i in rows])
+        return read[key]
+
+    return jax.make_array_from_callback(want.shape, sharding, block)

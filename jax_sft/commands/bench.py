@@ -1,4 +1,5 @@
-"""`jax-sft bench [CONFIG] [--memory | --sparse | --prune | --generate | --compare | --data]`.
+"""`jax-sft bench [CONFIG] [--memory | --sparse | --prune | --generate | --compare | --data |
+--compile]`.
 
 Throughput and MFU come from `jax_sft.bench.throughput`. `--memory` compiles the train
 step for the config's mesh and ZeRO stage without running it and reports
@@ -7,7 +8,8 @@ load, so placements compare exactly. `--sparse` runs the sparse fine-tuning qual
 study instead (`jax_sft.bench.sparse_study`), `--prune` the pruning study
 (`jax_sft.bench.prune_study`), `--compare` both backends' training speed
 (`jax_sft.bench.train_speed`), `--data` what data costs at scale
-(`jax_sft.bench.data_scale`).
+(`jax_sft.bench.data_scale`), `--compile` the train step's compile time with layers
+looped and scanned (`jax_sft.bench.compile_time`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import jax
 
 from interop.arguments import add_json, add_overrides
 from interop.config_files import load_config
+from interop.errors import UserError
 from interop.report import emit
 from jax_sft.bench import (
+    compile_time,
     data_scale,
     generation,
     prune_study,
@@ -70,6 +74,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="data at scale: 2-step runs on 1,000 and 1,000,000 rows, tokenizing and cached",
     )
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="train-step compile time, decoder layers looped and scanned (model.scan_layers)",
+    )
+    p.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=list(compile_time.DEPTHS),
+        help="compile: the depths to build",
+    )
+    p.add_argument(
         "--cases",
         nargs="+",
         metavar="MODEL:SEQ",
@@ -92,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         return run_compare(args)
     if args.data:
         return run_data_scale(args)
+    if args.compile:
+        return run_compile_time(args)
     cfg = load_config(args.config, args.overrides)
     if args.sparse:
         return run_study(args, cfg)
@@ -195,4 +213,25 @@ def run_study(args: argparse.Namespace, cfg) -> int:
     sparse_study.write_docs(rows, Path(args.docs), command)
     lines = [sparse_study.table(rows, rows[0]["trainable"])]
     emit(lines, {"runs": [{k: v for k, v in r.items() if k != "curve"} for r in rows]}, args.json)
+    return 0
+
+
+def run_compile_time(args: argparse.Namespace) -> int:
+    """Compile time of the train step, layers looped and scanned, into docs/benchmarks.md."""
+    depths = tuple(args.layers)
+    if min(depths) < 1:
+        raise UserError(f"--layers: depths must be at least 1, got {list(depths)}")
+    c = compile_time
+    summary = c.benchmark(c.MODEL, depths, args.rounds, c.BATCH, c.SEQ)
+    text = c.table(summary)
+    what = (
+        f"the dense train step of `{c.MODEL}` at the given depth, batch {c.BATCH} x {c.SEQ}, "
+        f"fp32, one device; `lower` (trace) and XLA compile seconds, medians of "
+        f"{args.rounds} alternating rounds"
+    )
+    docs = Path(args.docs) / "benchmarks.md"
+    generation.write_docs(
+        docs, f"`jax-sft bench --compile` ({what}):\n\n" + text, "bench --compile"
+    )
+    emit([text, f"wrote {docs}"], summary, args.json)
     return 0

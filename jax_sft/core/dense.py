@@ -14,6 +14,7 @@ class DenseTraining(TrainingMode):
 
     key = "params"
     sharded_trained = True
+    stacked_layers = True
 
     def __init__(self, table: NameTable):
         self.table = table

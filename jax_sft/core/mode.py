@@ -12,7 +12,9 @@ step know a mode only through this protocol:
   frozen leaves are simply not in it, so they carry no optimizer state. A mode that
   trains more than one state tree (pruning with learned scores) overrides `trained` /
   `with_trained`; `sharded_trained` says whether the trained tree is placed like the
-  parameters (dense, pruning) or replicated (small trees: sparse values, LoRA).
+  parameters (dense, pruning) or replicated (small trees: sparse values, LoRA);
+  `stacked_layers` whether it trains layers stored stacked (`model.scan_layers`, whose
+  parameter trees have no per-layer leaves: only the dense mode).
 - `params(state, trained)`: the model's parameters, computed inside the jit.
 - `micro_loss(graphdef, state, trained, mb)`: the summed objective of one micro-batch
   and the summed metrics it reports ("loss" is the token cross entropy); a mode that
@@ -75,6 +77,7 @@ class TrainingMode:
     key: ClassVar[str] = "trained"
     sharded_trained: ClassVar[bool] = False
     adapter_kind: ClassVar[str | None] = None  # the adapter format a run of this mode continues
+    stacked_layers: ClassVar[bool] = False  # whether it trains layers stored stacked
 
     @classmethod
     def start(cls, ctx: ModeStart) -> tuple[TrainingMode, dict]:

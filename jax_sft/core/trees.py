@@ -14,6 +14,7 @@ import jax
 
 from interop.errors import UserError
 from interop.optim_groups import decays
+from jax_sft.models import stacked
 from jax_sft.models.hf_names import NameTable
 from jax_sft.models.registry import path_str
 
@@ -95,10 +96,16 @@ def dense_leaves(
 
 
 def hf_decay_mask(tree: Mapping, table: NameTable) -> Mapping:
-    """A bool tree like the nested parameter `tree`: True where weight decay applies."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: decays(table.to_hf_name(path_str(tuple(k.key for k in path)))[0]), tree
-    )
+    """A bool tree like the nested parameter `tree`: True where weight decay applies (a
+    stacked leaf decays as each of its layers does)."""
+
+    def decay(path: tuple, _) -> bool:
+        name = path_str(tuple(k.key for k in path))
+        if stacked.is_stacked_path(name):
+            name = stacked.per_layer_path(name, 0)
+        return decays(table.to_hf_name(name)[0])
+
+    return jax.tree_util.tree_map_with_path(decay, tree)
 
 
 def dense_decay(dense: Mapping[str, object], table: NameTable) -> dict[str, bool]:

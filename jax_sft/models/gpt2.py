@@ -29,6 +29,7 @@ from jax_sft.models.layers import (
 )
 
 MODEL_TYPES = ("gpt2",)
+SCANS = False  # not stacked: a block's attention scale may depend on its index
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,13 @@ from flax import nnx
 from interop.errors import UserError
 from jax_sft.models import kv_cache
 from jax_sft.models.hf_names import TRANSPOSE, NameTable, Rule
-from jax_sft.models.layers import ACTIVATIONS, Embed, Linear, RMSNorm, call_layer, output_kernel
+from jax_sft.models.layers import ACTIVATIONS, Embed, Linear, RMSNorm, output_kernel
 from jax_sft.models.lean_backward import silu_gated
 from jax_sft.models.rope import apply_rope, inverse_frequencies, rope_parameters, rope_table
+from jax_sft.models.stacked import decoder_layers, run_layers
 
 MODEL_TYPES = ("llama", "qwen2", "mistral")
+SCANS = True  # its decoder layers can be stacked and scanned (`models.stacked`)
 
 Rope = tuple[jax.Array, jax.Array]
 
@@ -170,10 +172,12 @@ class Llama(nnx.Module):
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         remat: bool = False,
+        scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
         self.cfg = cfg
         self.remat = remat
+        self.scan_layers = scan_layers
         self.embed_tokens = Embed(
             cfg.vocab_size,
             cfg.hidden_size,
@@ -183,8 +187,9 @@ class Llama(nnx.Module):
             rngs=rngs,
             init_std=cfg.initializer_range,
         )
-        self.layers = nnx.List(
-            [DecoderLayer(cfg, dtype, param_dtype, rngs) for _ in range(cfg.num_layers)]
+        self.layers = decoder_layers(
+            [DecoderLayer(cfg, dtype, param_dtype, rngs) for _ in range(cfg.num_layers)],
+            scan_layers,
         )
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
         self.lm_head = (
@@ -252,10 +257,14 @@ class Llama(nnx.Module):
         )
         x = self.embed_tokens(input_ids)
         rope = self._rope(positions)
-        kvs, per_layer = [], kv_cache.per_layer(cache, len(self.layers))
-        for layer, kv in zip(self.layers, per_layer, strict=True):
-            x, kv = call_layer(layer, self.remat, x, rope, allowed, kv)
-            kvs.append(kv)
+        x, kvs = run_layers(
+            self.layers,
+            self.scan_layers,
+            self.remat,
+            x,
+            (rope, allowed),
+            kv_cache.per_layer(cache, self.cfg.num_layers),
+        )
         x = self.norm(x)
         if not head:
             return x

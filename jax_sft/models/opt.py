@@ -17,9 +17,11 @@ from flax import nnx
 from interop.errors import UserError
 from jax_sft.models import kv_cache
 from jax_sft.models.hf_names import TRANSPOSE, NameTable, Rule
-from jax_sft.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, call_layer, output_kernel
+from jax_sft.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, output_kernel
+from jax_sft.models.stacked import decoder_layers, run_layers
 
 MODEL_TYPES = ("opt",)
+SCANS = True  # its decoder layers can be stacked and scanned (`models.stacked`)
 POSITION_OFFSET = 2
 LN_EPS = 1e-5
 
@@ -171,10 +173,12 @@ class OPT(nnx.Module):
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         remat: bool = False,
+        scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
         self.cfg = cfg
         self.remat = remat
+        self.scan_layers = scan_layers
         e, p = cfg.hidden_size, cfg.word_embed_proj_dim
         emb = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, init_std=cfg.init_std)
         lin = dict(use_bias=False, **emb)
@@ -184,8 +188,9 @@ class OPT(nnx.Module):
         )
         self.project_in = Linear(p, e, axes=(None, "embed"), **lin) if cfg.projects else None
         self.project_out = Linear(e, p, axes=("embed", None), **lin) if cfg.projects else None
-        self.layers = nnx.List(
-            [DecoderLayer(cfg, dtype, param_dtype, rngs) for _ in range(cfg.num_layers)]
+        self.layers = decoder_layers(
+            [DecoderLayer(cfg, dtype, param_dtype, rngs) for _ in range(cfg.num_layers)],
+            scan_layers,
         )
         self.final_layer_norm = (
             LayerNorm(e, eps=LN_EPS, affine=cfg.layer_norm_affine, param_dtype=param_dtype)
@@ -244,10 +249,14 @@ class OPT(nnx.Module):
             cache, input_ids, attention_mask, positions, segment_ids
         )
         x = self._embed(input_ids, positions)
-        kvs, per_layer = [], kv_cache.per_layer(cache, len(self.layers))
-        for layer, kv in zip(self.layers, per_layer, strict=True):
-            x, kv = call_layer(layer, self.remat, x, allowed, kv)
-            kvs.append(kv)
+        x, kvs = run_layers(
+            self.layers,
+            self.scan_layers,
+            self.remat,
+            x,
+            (allowed,),
+            kv_cache.per_layer(cache, self.cfg.num_layers),
+        )
         if self.final_layer_norm is not None:
             x = self.final_layer_norm(x)
         if self.project_out is not None:

@@ -11,13 +11,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from interop.errors import UserError
-from jax_sft.models import gpt2, llama, opt
+from jax_sft.models import gpt2, llama, opt, stacked
 from jax_sft.models.hf_names import NameTable
 
 
@@ -26,10 +25,11 @@ class Family:
     config_from_hf: Callable[[dict], object]
     model_cls: type[nnx.Module]
     name_table: Callable[[object], NameTable]
+    scans: bool  # whether its decoder layers can be stacked (`model.scan_layers`)
 
 
 def _family(module: ModuleType, config_cls: type, model_cls: type[nnx.Module]) -> Family:
-    return Family(config_cls.from_hf, model_cls, module.name_table)
+    return Family(config_cls.from_hf, model_cls, module.name_table, module.SCANS)
 
 
 FAMILIES: dict[str, Family] = {}
@@ -65,16 +65,24 @@ def build_model(
     param_dtype: str = "float32",
     seed: int = 0,
     remat: bool = False,
+    scan_layers: bool = False,
 ) -> nnx.Module:
-    """A randomly initialised model (HF's normal(initializer_range) init)."""
+    """A randomly initialised model (HF's normal(initializer_range) init); with
+    `scan_layers`, its decoder layers stacked (`models.stacked`), same initial values."""
     family = family_of(hf_config)
     cfg = family.config_from_hf(dict(hf_config))
+    kw = {"scan_layers": True} if scan_layers else {}
+    if scan_layers and not family.scans:
+        raise UserError(
+            f"model.scan_layers: not supported for model_type '{hf_config['model_type']}'"
+        )
     return family.model_cls(
         cfg,
         dtype=DTYPES[dtype],
         param_dtype=DTYPES[param_dtype],
         remat=remat,
         rngs=nnx.Rngs(seed),
+        **kw,
     )
 
 
@@ -82,9 +90,11 @@ def path_str(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
-def flat_state(model: nnx.Module) -> dict[str, jax.Array]:
-    """The model's parameters as {dotted path: array}."""
-    return {path_str(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+def flat_state(model: nnx.Module, fetch: Callable = lambda a: a) -> dict[str, object]:
+    """The model's parameters as {dotted path: fetch(array)}, per layer even where the
+    model holds its layers stacked (split after `fetch`, e.g. a gather to the host)."""
+    state = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    return stacked.unstack_flat({path_str(p): fetch(v.get_value()) for p, v in state})
 
 
 def param_axes(model: nnx.Module) -> dict:

@@ -20,7 +20,7 @@ import optax
 
 from interop.errors import UserError
 from jax_sft.checkpoints.carried_state import carried_state
-from jax_sft.models import registry
+from jax_sft.models import registry, stacked
 
 
 def start_from_deepspeed(engine, path: Path) -> int:
@@ -34,7 +34,12 @@ def start_from_deepspeed(engine, path: Path) -> int:
 
     def placed(tree, read: Callable[[str], np.ndarray]):
         def leaf(key_path, old: jax.Array) -> jax.Array:
-            array = read(registry.path_str(tuple(k.key for k in key_path)))
+            path = registry.path_str(tuple(k.key for k in key_path))
+            if stacked.is_stacked_path(path):
+                layers = range(old.shape[0])
+                array = np.stack([read(stacked.per_layer_path(path, i)) for i in layers])
+            else:
+                array = read(path)
             return jax.device_put(array.astype(old.dtype), old.sharding)
 
         return jax.tree_util.tree_map_with_path(leaf, tree)

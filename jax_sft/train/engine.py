@@ -180,10 +180,7 @@ class Engine(Setup):
         nbytes = sum(x.nbytes for x in jax.tree.leaves(self.state["params"]))
         ensure_space(dst.parent, nbytes, f"{dst.name}/")
         model = nnx.merge(self.graphdef, jax.jit(self.mode.params)(self.state))
-        flat = {
-            registry.path_str(p): to_host(v.get_value())
-            for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
-        }
+        flat = registry.flat_state(model, to_host)
         tree = self.mode.export_tree(self.state)
         host = None if tree is None else jax.tree.map(to_host, tree)
         if self.is_main:

@@ -28,6 +28,7 @@ from interop.config import RunConfig
 from interop.data.batches import Batches
 from interop.data.run_data import RunData, run_data
 from interop.data.tokenizer import load_tokenizer, prepare_tokenizer
+from interop.errors import UserError
 from interop.preflight import check_run
 from jax_sft.checkpoints.loading import adapter_patches
 from jax_sft.checkpoints.placed import TensorSource, load_placed
@@ -107,6 +108,11 @@ def setup(
         adapter, model_dir = model_dir, adapter_base(model_dir, cfg.model.base)
     source = TensorSource(model_dir)
     mode_cls = mode_class(cfg)
+    if cfg.model.scan_layers and not mode_cls.stacked_layers:
+        raise UserError(
+            f"model.scan_layers: only full fine-tuning (dense) trains stacked layers; "
+            f"this run is {cfg.training_mode}"
+        )
     continued = adapter if kind == mode_cls.adapter_kind else None
     patches: dict[str, list] = {}
     if adapter is not None and continued is None:
@@ -138,7 +144,11 @@ def setup(
     m = cfg.model
     abstract = nnx.eval_shape(
         lambda: registry.build_model(
-            hf_config, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat
+            hf_config,
+            dtype=m.dtype,
+            param_dtype=m.param_dtype,
+            remat=m.remat,
+            scan_layers=m.scan_layers,
         )
     )
     axes = registry.param_axes(abstract)
