@@ -37,12 +37,12 @@ def write_config(tmp_path: Path, cfg: RunConfig) -> Path:
     return path
 
 
-def zero_micro_batch(batch: int, seq: int) -> dict:
-    """A micro-batch of token 0 everywhere, every position attended and scored: what a
-    compile-only memory figure needs (the values never matter there)."""
+def micro_batch(ids) -> dict:
+    """A micro-batch of the token ids `ids` [batch, seq], every position attended and
+    scored."""
     import jax.numpy as jnp
 
-    ids = jnp.zeros((batch, seq), jnp.int32)
+    ids = jnp.asarray(ids)
     return {
         "input_ids": ids,
         "attention_mask": jnp.ones_like(ids),
@@ -50,3 +50,11 @@ def zero_micro_batch(batch: int, seq: int) -> dict:
         "segment_ids": None,
         "labels": ids,
     }
+
+
+def zero_micro_batch(batch: int, seq: int) -> dict:
+    """A micro-batch of token 0 everywhere: what a compile-only memory figure needs (the
+    values never matter there)."""
+    import numpy as np
+
+    return micro_batch(np.zeros((batch, seq), np.int32))
