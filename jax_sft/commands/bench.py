@@ -91,7 +91,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="MODEL:SEQ",
         help="compare: the cases to run (default: llama-10m and llama-50m at 256 and 512)",
     )
-    p.add_argument("--rounds", type=int, default=3, help="generate, compare: alternating rounds")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="generate, compare, compile: alternating rounds"
+    )
     p.add_argument("--sparse-lr", type=float, default=1e-2, help="study: LR of non-dense runs")
     p.add_argument("--docs", default="docs", help="study: where the table and PNG go")
     p.add_argument(
