@@ -1,12 +1,14 @@
 """Reruns every case of the "Measured" table in docs/parity.md and prints its rows.
 
-    .venv/bin/python scripts/parity_table.py [WORK_DIR]
+    .venv/bin/python scripts/parity_table.py [WORK_DIR [NAME_PART]]
 
 Each case is `jax-sft parity configs/parity-tiny.yaml --steps 50` with its settings; a
 row gives the max relative loss difference, the final max |param diff| and its tensor,
-as the table does, then the full-precision figures and the final logit difference, so
-two runs (before and after a change) can be compared digit for digit. About 15 minutes
-on the project's 2-core machine.
+and the key-projection biases' difference (judged apart, see interop/parity.py), as the
+table does, then the full-precision figures and the final logit difference, so two runs
+(before and after a change) can be compared digit for digit. NAME_PART reruns only the
+cases whose name contains it ("OPT"). About 15-25 minutes for every case on the
+project's 2-core machine.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ CASES = [
 ]
 
 
-def main(work: Path) -> None:
+def main(work: Path, name_part: str = "") -> None:
     for i, (name, settings, flags) in enumerate(CASES):
+        if name_part not in name:
+            continue
         out = work / f"case{i}"
         argv = [sys.executable, "-m", "jax_sft.cli", "parity", CONFIG, "--steps", "50"]
         argv += ["--json", "--overwrite", *flags]
@@ -62,12 +66,14 @@ def main(work: Path) -> None:
         subprocess.run(argv, capture_output=True, text=True)
         r = json.loads((out / "parity.json").read_text())
         loss, param = r["max_rel_loss_diff"], r["final_max_abs_param_diff"]
+        keys = r["final_max_abs_invariant_diff"]
         print(
             f"| {name} | {loss:.1e} | {param:.1e} | {r['worst_tensor']} | "
+            f"{'-' if keys is None else f'{keys:.1e}'} | "
             f"(loss {loss!r}, param {param!r}, logits {r['final_max_abs_logit_diff']!r})",
             flush=True,
         )
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "out/parity-table"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "out/parity-table"), *sys.argv[2:3])

@@ -57,6 +57,9 @@ def test_fp32_parity_over_50_steps(parity_bases, tmp_path, tiny, mode):
     )
     # Each framework's own forward pass over its own final weights.
     assert report["final_max_abs_logit_diff"] <= 1e-5, report["final_max_abs_logit_diff"]
+    # OPT's key biases, which no output depends on, are judged apart (interop/parity.py).
+    keys = [f"model.decoder.layers.{i}.self_attn.k_proj.bias" for i in (0, 1)]
+    assert report["invariant_tensors"] == (keys if tiny == "tiny-opt" else [])
     assert code == 0 and len(report["steps"]) == 50
     assert report["loss_jax"][-1] < report["loss_jax"][0]  # it trained
 

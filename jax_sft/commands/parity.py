@@ -179,14 +179,19 @@ def run(args: argparse.Namespace) -> int:
     )
     plot(out / "parity.png", summary["steps"], summary["loss_jax"], summary["loss_torch"], title)
     verdict = "within" if passed else "OUTSIDE"
+    invariant = summary["final_max_abs_invariant_diff"]
+    key_biases = (
+        ""
+        if invariant is None
+        else f"key-projection biases (no output depends on them) {invariant:.3e} apart; "
+    )
     lines = [
         f"max relative loss difference {summary['max_rel_loss_diff']:.3e} over "
         f"{len(summary['steps'])} steps; final max |param diff| "
-        f"{summary['final_max_abs_param_diff']:.3e} "
-        f"({summary['worst_tensor']}); final max |logit diff| "
-        f"{summary['final_max_abs_logit_diff']:.3e}; entries zero on one side only "
-        f"{summary['zero_mismatches']}; {verdict} rtol {args.rtol:g}, param atol "
-        f"{args.param_atol:g}",
+        f"{summary['final_max_abs_param_diff']:.3e} ({summary['worst_tensor']}); "
+        f"{key_biases}final max |logit diff| {summary['final_max_abs_logit_diff']:.3e}; "
+        f"entries zero on one side only {summary['zero_mismatches']}; {verdict} rtol "
+        f"{args.rtol:g}, param atol {args.param_atol:g}",
         f"wrote {out / 'parity.json'} and {out / 'parity.png'}",
     ]
     emit(lines, {k: v for k, v in summary.items() if k != "per_tensor"}, args.json)
