@@ -10,6 +10,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """One persistent XLA compilation cache for the test session, shared by its xdist
+    workers and by every process the tests start: the suite runs the same tiny models'
+    steps in dozens of `jax-sft` processes, and each would otherwise compile them again.
+    Set before any test module imports jax; it lives in the session's temporary directory."""
+    root = config._tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's directory, shared by its workers
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(root / "xla-cache"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+    # A size limit makes JAX read and write entries under a file lock: no process reads
+    # an entry another is still writing.
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
     """An HF directory: a randomly initialised tiny Llama with a pydoc-trained tokenizer."""

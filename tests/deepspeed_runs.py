@@ -13,7 +13,10 @@ import deepspeed
 import torch
 import transformers
 
+from torch_ref.train.distributed import skip_shared_memory_kernel
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+skip_shared_memory_kernel()
 CONFIG = transformers.LlamaConfig(
     vocab_size=96,
     hidden_size=32,

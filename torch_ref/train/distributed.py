@@ -6,6 +6,11 @@ process has none of these, and DeepSpeed would then try MPI discovery (mpi4py); 
 we open a one-member gloo group on an in-memory store (no port) and set LOCAL_RANK=0,
 which `deepspeed.initialize` insists on. On the CPU the backend is gloo (DeepSpeed's cpu
 accelerator would otherwise ask for oneCCL); on an accelerator, its own (nccl, ...).
+
+On the CPU, DeepSpeed's backend would also compile its shared-memory all-reduce kernel
+(g++, about 45 s here, again whenever the virtual environment moves) the first time a
+process group starts. Only inference's tensor-parallel all-reduce uses it; training and
+ZeRO never do, so it is marked unavailable and never built.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ def initialize() -> None:
         return
     accelerator = deepspeed.get_accelerator()
     backend = "gloo" if accelerator.device_name() == "cpu" else None
+    if backend == "gloo":
+        skip_shared_memory_kernel()
     if "WORLD_SIZE" not in os.environ:
         os.environ.setdefault("LOCAL_RANK", "0")
         dist.init_process_group(
@@ -32,6 +39,11 @@ def initialize() -> None:
             world_size=1,
         )
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
+
+
+def skip_shared_memory_kernel() -> None:
+    """Keep DeepSpeed from compiling its CPU inference all-reduce kernel (see above)."""
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def rank() -> int:
