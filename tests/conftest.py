@@ -15,12 +15,14 @@ def pytest_configure(config):
     """One persistent XLA compilation cache for the test session, shared by its xdist
     workers and by every process the tests start: the suite runs the same tiny models'
     steps in dozens of `jax-sft` processes, and each would otherwise compile them again.
-    Set before any test module imports jax; it lives in the session's temporary directory."""
+    Set before any test module imports jax; it lives in the session's temporary directory.
+    Only compiles of 0.5 s or more are kept: writing every small one costs more than it
+    saves, the more so as JAX scans the whole directory on every write."""
     root = config._tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # the session's directory, shared by its workers
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(root / "xla-cache"))
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
     # A size limit makes JAX read and write entries under a file lock: no process reads
     # an entry another is still writing.
