@@ -6,6 +6,9 @@ deep copy per test, since `prepare_tokenizer` changes a tokenizer in place.
 
 import copy
 import functools
+import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -80,3 +83,49 @@ def test_load_tokenizer_errors_name_the_path(tmp_path):
         load_tokenizer(tmp_path / "nope")
     with pytest.raises(UserError, match=f"^{tmp_path}: cannot load a tokenizer"):
         load_tokenizer(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """The pydoc-trained tokenizer saved as `train_tokenizer` writes it."""
+    path = tmp_path_factory.mktemp("tokenizer")
+    _trained().save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("model_type", ["llama", "opt", "gpt2", "qwen2", None])
+def test_the_generic_backend_loads_as_auto_tokenizer_loads_it(saved, tmp_path, model_type):
+    """Qwen2 is a family whose own class `AutoTokenizer` prefers: it takes that path."""
+    from transformers import AutoTokenizer
+
+    for file in saved.iterdir():
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    if model_type is not None:
+        (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    ours, auto = load_tokenizer(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
+    assert type(ours) is type(auto)
+    assert (type(ours).__name__ == "TokenizersBackend") == (model_type != "qwen2")
+    text = "def f(x):\n    return x  # </s> <pad>"
+    assert ours(text)["input_ids"] == auto(text)["input_ids"]
+    assert ours.all_special_tokens == auto.all_special_tokens and len(ours) == len(auto)
+    chat = [{"role": "user", "content": "hi"}]
+    assert ours.apply_chat_template(chat) == auto.apply_chat_template(chat)
+
+
+def test_any_other_declared_class_goes_through_auto_tokenizer(saved, tmp_path):
+    for file in saved.iterdir():
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    declared = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    declared["tokenizer_class"] = "GPT2Tokenizer"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(declared))
+    assert type(load_tokenizer(tmp_path)).__name__ == "GPT2Tokenizer"
+
+
+def test_loading_the_generic_backend_never_imports_torch(saved):
+    code = (
+        "import sys\nfrom interop.data.tokenizer import load_tokenizer\n"
+        f"assert len(load_tokenizer({str(saved)!r})) == {VOCAB}\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="transformers' attention: eager (the default, the parity reference) or sdpa "
         "(PyTorch's fused kernels, what a PyTorch user gets by default; the benchmark's)",
     )
+    p.add_argument(
+        "--probe-logits",
+        metavar="OUT.npy",
+        help="after training, save the exported model's fp32 logits on the probe batch "
+        "(interop.probe; jax-sft parity compares them)",
+    )
     add_json(p)
     p.set_defaults(run=_train)
 

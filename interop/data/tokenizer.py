@@ -15,6 +15,7 @@ ships with CPython (`pydoc_texts`), so nothing is downloaded.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
 
 DSCHAT_EOT = "<|endoftext|>"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0, 1, 2, 3
+# The generic `tokenizers` backend's names, and the model families whose declaration of it
+# `AutoTokenizer` honours (tests/test_data_tokenizer.py checks both against it).
+GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+GENERIC_FAMILIES = ("llama", "opt", "gpt2")
+TOKENIZER_FILES = ("tokenizer_config.json", "config.json")
 # `role: content` lines after a bos; a generation prompt opens the assistant's line.
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -35,17 +41,47 @@ CHAT_TEMPLATE = (
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """The tokenizer saved in the local directory `path` (never downloaded)."""
-    from transformers import AutoTokenizer
+    """The tokenizer saved in the local directory `path` (never downloaded).
+
+    A directory that declares the generic `tokenizers` backend (as every tokenizer
+    `train_tokenizer` writes does) is loaded by that class directly: `AutoTokenizer`
+    would resolve it to the same class, but only after importing `transformers`' model
+    configuration code, which loads torch where it is installed (seconds per process,
+    and a JAX run would carry torch). Any other directory goes through `AutoTokenizer`.
+    """
+    from transformers import PreTrainedTokenizerFast
 
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: no such tokenizer directory")
     try:
+        if _declares_generic_backend(path):
+            return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: cannot load a tokenizer ({reason})") from None
+
+
+def _declares_generic_backend(path: Path) -> bool:
+    """Whether `AutoTokenizer` would load `path` as the generic backend class: declared
+    so, with no custom code, for no model or one of the families that keep it."""
+    declared, config = (_json_object(path / name) for name in TOKENIZER_FILES)
+    return (
+        declared.get("tokenizer_class") in GENERIC_CLASSES
+        and "auto_map" not in declared
+        and config.get("model_type") in (None, *GENERIC_FAMILIES)
+    )
+
+
+def _json_object(file: Path) -> dict:
+    try:
+        found = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def prepare_tokenizer(

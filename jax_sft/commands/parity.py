@@ -5,10 +5,11 @@ The harness makes the starting point once: the config's HF model (or its tiny ba
 and cached as `jax-sft train` does) and, for sparse and LoRA runs, the JAX side's initial
 adapter (zero deltas on the chosen index sets; LoRA factors with B = 0), so both sides
 train exactly the same entries from exactly the same values. It writes the run's final
-config to `OUT/run.yaml`, then runs `jax-sft train` (on P virtual devices) and
-`torch-ref train` (under torchrun with P processes when P > 1) as subprocesses into
-`OUT/jax` and `OUT/torch`, and compares what they wrote (`interop.parity`), ending with
-each framework's own forward pass of its own final weights on the probe batch (logits):
+config to `OUT/run.yaml`, then runs `torch-ref train` (under torchrun with P processes
+when P > 1) and `jax-sft train` (on P virtual devices) as subprocesses into `OUT/torch`
+and `OUT/jax`, and compares what they wrote (`interop.parity`), ending with
+each framework's own forward pass of its own final weights on the probe batch (logits;
+the torch side computes its own at the end of its run):
 `OUT/parity.json`, `OUT/parity.png`. A torch side that cannot run is reported as such,
 with its stderr tail, never as a parity failure. With `train.resume_from` (a DeepSpeed
 checkpoint; a JAX run's goes through `jax-sft convert --to deepspeed` first) both sides
@@ -24,6 +25,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from interop.arguments import add_json, add_overrides
 from interop.config import RunConfig, with_sections
 from interop.config_files import dump_config, load_config
@@ -31,13 +34,15 @@ from interop.errors import BackendError, UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
 from interop.parity import compare_losses, compare_params, final_eval, plot, step_losses
 from interop.probe import max_abs_logit_diff, probe_batch
-from interop.processes import free_port, run_side, torch_logits
+from interop.processes import free_port, run_side
 from interop.report import emit
 from jax_sft.checkpoints.loading import read_checkpoint
 from jax_sft.models.logits import jax_logits
 from jax_sft.train.base_model import ensure_base
 from jax_sft.train.modes import mode_class
 from jax_sft.train.run import make_engine, prepare_output
+
+PROBE_LOGITS = "probe-logits.npy"  # the torch side's logits of its export, written by torch-ref
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -72,7 +77,8 @@ def starting_point(cfg: RunConfig, out: Path) -> RunConfig:
 
 
 def run_sides(config: Path, out: Path, procs: int) -> None:
-    """`jax-sft train` and `torch-ref train` on the same config, into out/jax, out/torch."""
+    """`torch-ref train` and `jax-sft train` on the same config, into out/torch, out/jax;
+    the reference first, since it is the side that refuses what it does not implement."""
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("deepspeed") is None:
         raise BackendError(
             "the torch side cannot run: torch and deepspeed are not installed "
@@ -84,16 +90,17 @@ def run_sides(config: Path, out: Path, procs: int) -> None:
         f"--xla_force_host_platform_device_count={procs}".strip(),
     }
     mesh = ["--set", f"parallel.data={procs}", "--overwrite"]
-    jax_argv = [sys.executable, "-m", "jax_sft.cli", "train", str(config)]
-    jax_argv += ["--set", f"train.output_dir={out / 'jax'}", *mesh]
-    run_side("jax", jax_argv, jax_env, out / "jax.log")
     torch_args = ["train", str(config), "--set", f"train.output_dir={out / 'torch'}", *mesh]
+    torch_args += ["--probe-logits", str(out / "torch" / PROBE_LOGITS)]
     if procs > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs)]
         launcher += ["--master_port", str(free_port()), "-m", "torch_ref.cli"]
     else:
         launcher = [sys.executable, "-m", "torch_ref.cli"]
     run_side("torch", [*launcher, *torch_args], dict(os.environ), out / "torch.log")
+    jax_argv = [sys.executable, "-m", "jax_sft.cli", "train", str(config)]
+    jax_argv += ["--set", f"train.output_dir={out / 'jax'}", *mesh]
+    run_side("jax", jax_argv, jax_env, out / "jax.log")
 
 
 def compared_losses(out: Path, steps: int, resumed: bool = False) -> dict:
@@ -118,7 +125,7 @@ def summarize(out: Path, steps: int, procs: int, resumed: bool = False) -> dict:
     batch = probe_batch(config["vocab_size"])
     logit_diff = max_abs_logit_diff(
         jax_logits(config, flat, batch),
-        torch_logits(out / "torch" / "hf", batch),
+        np.load(out / "torch" / PROBE_LOGITS),
         batch["attention_mask"],
     )
     evals = {side: final_eval(out / side / "metrics.jsonl") for side in ("jax", "torch")}

@@ -25,6 +25,7 @@ from interop.errors import UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
 from interop.report import emit, eval_printer
 from interop.run_dir import run_directory
+from torch_ref.logits import save_probe_logits
 from torch_ref.train import distributed
 from torch_ref.train.build import build
 from torch_ref.train.export import export
@@ -74,6 +75,8 @@ def train(args: argparse.Namespace) -> int:
             print(f"note: {note}", file=sys.stderr)
         summary = trainer.fit(eval_printer(cfg.logging.style))
         export(trainer)
+    if args.probe_logits and main:
+        save_probe_logits(out / "hf", Path(args.probe_logits))
     summary["output_dir"] = str(out)
     last = summary.get("last_eval") or {}
     lines = [f"trained {summary['steps']} steps; final model: {out}/hf"]
