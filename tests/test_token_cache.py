@@ -155,7 +155,7 @@ def build_process(data: Path, cache: Path) -> subprocess.Popen:
 @pytest.mark.multiprocess
 def test_a_build_killed_half_way_is_never_read_and_is_rebuilt(tmp_path, opt_tok):
     tok, eot = opt_tok
-    data, cache = write_rows(tmp_path / "d.jsonl", 200_000), tmp_path / "cache"
+    data, cache = write_rows(tmp_path / "d.jsonl", 50_000), tmp_path / "cache"
     proc = build_process(data, cache)
     deadline = time.monotonic() + 120
     while not any((p / "ids.bin").exists() for p in cache.glob("*.tmp-*")):
@@ -166,7 +166,7 @@ def test_a_build_killed_half_way_is_never_read_and_is_rebuilt(tmp_path, opt_tok)
     assert entries(cache) and all(".tmp-" in p.name for p in entries(cache))
     rebuilt = table(data, tok, eot, cache)
     assert [p.name for p in entries(cache) if ".tmp-" in p.name] == []
-    assert rebuilt.rows == 200_000 and rebuilt.starts[-1] == len(rebuilt.ids)
+    assert rebuilt.rows == 50_000 and rebuilt.starts[-1] == len(rebuilt.ids)
 
 
 @pytest.mark.multiprocess

@@ -1,4 +1,8 @@
-"""`torch-ref train` on the demo config reaches `jax-sft train`'s eval perplexity."""
+"""`torch-ref train` on the demo config reaches `jax-sft train`'s eval perplexity.
+
+The fine-tuning is the demo's as configured; its tiny base is pretrained for 150 steps
+instead of 300 (the suite's time), which leaves it further from the data, not easier.
+"""
 
 import json
 import os
@@ -24,6 +28,7 @@ def test_demo_eval_perplexity_within_one_percent(tmp_path):
     # lands in jax_out/base.
     argv = [sys.executable, "-m", "jax_sft.cli", "train", DEMO]
     argv += ["--set", f"train.output_dir={jax_out}", "--set", "train.save_every=null"]
+    argv += ["--set", "model.pretrain.steps=150"]
     one = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     proc = subprocess.run(argv, capture_output=True, text=True, env=one)
     assert proc.returncode == 0, proc.stderr[-2000:]
