@@ -1,4 +1,9 @@
-"""Test set-up: JAX sees 8 virtual CPU devices (set before jax is imported anywhere)."""
+"""Test set-up: JAX sees 8 virtual CPU devices (set before jax is imported anywhere).
+
+PyTorch computes on one OpenMP thread, here and in the processes tests start: `make test`
+runs two workers on a two-core machine, and OpenMP threads that spin while they wait for
+work take the other worker's core (the suite's torch tests ran a fifth faster so).
+"""
 
 import os
 
@@ -6,6 +11,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
