@@ -123,11 +123,12 @@ def summarize(out: Path, steps: int, procs: int, resumed: bool = False) -> dict:
     params = compare_params(out / "jax" / "hf", out / "torch" / "hf")
     _, config, flat = read_checkpoint(out / "jax" / "hf")
     batch = probe_batch(config["vocab_size"])
-    logit_diff = max_abs_logit_diff(
-        jax_logits(config, flat, batch),
-        np.load(out / "torch" / PROBE_LOGITS),
-        batch["attention_mask"],
-    )
+    ours, theirs = jax_logits(config, flat, batch), np.load(out / "torch" / PROBE_LOGITS)
+    if ours.shape != theirs.shape:
+        raise BackendError(
+            f"the sides' probe logits differ in shape: jax {ours.shape}, torch {theirs.shape}"
+        )
+    logit_diff = max_abs_logit_diff(ours, theirs, batch["attention_mask"])
     evals = {side: final_eval(out / side / "metrics.jsonl") for side in ("jax", "torch")}
     summary = {
         "steps": steps,
