@@ -5,8 +5,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 FRAMEWORKS = ("torch", "deepspeed", "jax", "jaxlib", "flax", "optax", "orbax")
 
 
@@ -74,9 +72,10 @@ def test_jax_sft_never_imports_torch():
     assert not loaded & {"torch", "deepspeed"}
 
 
-@pytest.mark.parametrize(
-    "module", ["torch_ref.cli", "torch_ref.logits", "torch_ref.train.run", "torch_ref.train.api"]
-)
-def test_torch_ref_never_imports_jax(module):
-    loaded = modules_loaded_by([module])
+def test_torch_ref_never_imports_jax():
+    # One interpreter for all of them: whichever imported a JAX package, it would be loaded.
+    loaded = modules_loaded_by(
+        ["torch_ref.cli", "torch_ref.logits", "torch_ref.train.run", "torch_ref.train.api"]
+    )
+    assert "torch" in loaded  # the check sees real imports
     assert not loaded & {"jax", "jaxlib", "flax", "optax", "orbax"}
