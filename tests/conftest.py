@@ -2,7 +2,7 @@
 
 PyTorch computes on one OpenMP thread, here and in the processes tests start: `make test`
 runs two workers on a two-core machine, and OpenMP threads that spin while they wait for
-work take the other worker's core (the suite's torch tests ran a fifth faster so).
+work take the other worker's core (a mixed subset of the suite ran a tenth faster so).
 """
 
 import os
