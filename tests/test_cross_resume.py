@@ -16,6 +16,7 @@ from train_fixtures import run_config, write_config
 from interop.checkpoints.deepspeed import DeepSpeedCheckpoint
 from interop.processes import free_port
 from jax_sft import cli
+from torch_ref import cli as torch_ref_cli
 
 pytestmark = pytest.mark.multiprocess
 PARITY = 1e-4  # per-step relative loss difference, fp32 (DESIGN.md)
@@ -31,16 +32,20 @@ def losses(out) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-def torch_ref(argv: list[str], procs: int = 1) -> subprocess.CompletedProcess:
-    """`torch-ref ARGV` in a child process (under torchrun when `procs` > 1)."""
-    if procs > 1:
-        launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(procs)]
-        argv = [*launch, "--master_port", str(free_port()), "-m", "torch_ref.cli", *argv]
-    else:
-        argv = ["-m", "torch_ref.cli", *argv]
+def torch_ref(capsys, argv: list[str], procs: int = 1, status: int = 0) -> str:
+    """`torch-ref ARGV`'s stderr: in this process (as tests/test_torch_ref_train.py runs
+    it), or under torchrun when `procs` > 1."""
+    if procs == 1:
+        capsys.readouterr()
+        code = torch_ref_cli.main(argv)
+        err = capsys.readouterr().err
+        assert code == status, err[-3000:]
+        return err
+    launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(procs)]
+    argv = [*launch, "--master_port", str(free_port()), "-m", "torch_ref.cli", *argv]
     done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    assert done.returncode == status, done.stderr[-3000:]
+    return done.stderr
 
 
 def jax_sft(capsys, *argv: str) -> tuple[str, str]:
@@ -70,7 +75,7 @@ def test_jax_to_deepspeed_to_torch_and_back(tiny_base, tmp_path, capsys):
     jax_run = config(tmp_path, tiny_base, "jax")
     jax_sft(capsys, "train", jax_run)
     torch_run = config(tmp_path, tiny_base, "torch")
-    torch_ref(["train", torch_run])
+    torch_ref(capsys, ["train", torch_run])
     straight_jax, straight_torch = losses(tmp_path / "jax"), losses(tmp_path / "torch")
 
     # JAX's step 10, written by DeepSpeed as a 2-rank ZeRO-2 run: the same numbers
@@ -87,8 +92,8 @@ def test_jax_to_deepspeed_to_torch_and_back(tiny_base, tmp_path, capsys):
 
     # ... continued by torch-ref on 2 processes
     resumed = config(tmp_path, tiny_base, "torch-from-jax", procs=2, resume_from=str(ds))
-    done = torch_ref(["train", resumed], procs=2)
-    assert f"resuming from step 10 ({ds}/step_10)" in done.stderr
+    err = torch_ref(capsys, ["train", resumed], procs=2)
+    assert f"resuming from step 10 ({ds}/step_10)" in err
     _within_parity(losses(tmp_path / "torch-from-jax"), straight_jax)
 
     # torch-ref's own step 10 continued by jax-sft
@@ -133,22 +138,16 @@ def _jax_state_in_hf_names(step_dir) -> dict:
     return out
 
 
-def test_resuming_a_zero_checkpoint_at_another_world_size_is_one_line(tiny_base, tmp_path):
+def test_resuming_a_zero_checkpoint_at_another_world_size_is_one_line(tiny_base, tmp_path, capsys):
     ds = tmp_path / "ds" / "step_3"
     ds.mkdir(parents=True)
     for rank in range(2):
         (ds / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
     (ds / "mp_rank_00_model_states.pt").write_bytes(b"")
     resumed = config(tmp_path, tiny_base, "one-rank", resume_from=str(ds))
-    done = subprocess.run(
-        [sys.executable, "-m", "torch_ref.cli", "train", resumed],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 2, done.stderr[-2000:]
+    err = torch_ref(capsys, ["train", resumed], status=2)
     assert (
-        done.stderr.strip()
+        err.strip()
         .splitlines()[-1]
         .endswith(
             "was written by 2 data-parallel ranks; this run has 1 (DeepSpeed resumes a ZeRO "

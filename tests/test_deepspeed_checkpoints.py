@@ -17,6 +17,7 @@ from safetensors.numpy import load_file
 from interop.checkpoints.deepspeed import DeepSpeedCheckpoint
 from interop.errors import UserError
 from interop.processes import free_port
+from jax_sft import cli
 
 pytestmark = pytest.mark.multiprocess
 HERE = Path(__file__).parent
@@ -120,34 +121,31 @@ def test_adam_moments_are_those_of_the_same_run_without_zero(ds_runs, run):
             assert np.abs(want).max() > 0
 
 
-def jax_sft(*args: str) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "jax_sft.cli", *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+def jax_sft(capfd, *args: str) -> tuple[int, str]:
+    """`jax-sft ARGS` in this process: its exit status and everything written to stderr
+    meanwhile, C++ logging included (a fresh process's stderr is tests/test_cli_checkpoints')."""
+    capfd.readouterr()
+    status = cli.main(list(args))
+    return status, capfd.readouterr().err
 
 
-def to_hf(runs: Path, src, dst: Path, *extra: str) -> subprocess.CompletedProcess:
+def to_hf(capfd, runs: Path, src, dst: Path, *extra: str) -> tuple[int, str]:
     """`jax-sft convert SRC DST --to hf` with the runs' base model as --base."""
-    return jax_sft(
-        "convert", str(src), str(dst), "--to", "hf", "--base", str(runs / "1" / "base"), *extra
-    )
+    base = str(runs / "1" / "base")
+    return jax_sft(capfd, "convert", str(src), str(dst), "--to", "hf", "--base", base, *extra)
 
 
-def test_convert_to_hf_streams_the_fp32_masters(ds_runs, tmp_path):
+def test_convert_to_hf_streams_the_fp32_masters(ds_runs, tmp_path, capfd):
     src = tmp_path / "ds"
     shutil.copytree(ds_runs / "2" / "z3_bf16", src)
     shutil.copy(ds_runs / "2" / "base" / "model.safetensors", src / TAG)  # a 16-bit copy
-    done = jax_sft(
-        "convert",
-        str(src),
-        str(tmp_path / "hf"),
-        "--to",
-        "hf",
-        "--base",
-        str(ds_runs / "2" / "base"),
+    base = str(ds_runs / "2" / "base")
+    status, err = jax_sft(
+        capfd, "convert", str(src), str(tmp_path / "hf"), "--to", "hf", "--base", base
     )
-    assert done.returncode == 0, done.stderr
-    assert "fp32 master weights from the ZeRO-3 optimizer partitions of 2 rank(s)" in done.stderr
-    assert "model.safetensors (16-bit) not used: the fp32 masters are" in done.stderr
+    assert status == 0, err
+    assert "fp32 master weights from the ZeRO-3 optimizer partitions of 2 rank(s)" in err
+    assert "model.safetensors (16-bit) not used: the fp32 masters are" in err
     written = load_file(tmp_path / "hf" / "model.safetensors")
     own = deepspeeds_own(src)
     assert set(written) == set(own) - {"lm_head.weight"}  # tied: HF stores it once
@@ -208,32 +206,32 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_checkpoints_are_one_line(ds_runs, tmp_path, case):
+def test_bad_checkpoints_are_one_line(ds_runs, tmp_path, case, capfd):
     prepare, fragment = BAD[case]
     src = tmp_path / "ds"
     prepare(ds_runs, src)
-    done = to_hf(ds_runs, src, tmp_path / "out")
-    assert done.returncode == 2 and fragment in done.stderr, done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    status, err = to_hf(capfd, ds_runs, src, tmp_path / "out")
+    assert status == 2 and fragment in err, err
+    assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
 
 
-def test_a_tag_that_does_not_exist_and_a_missing_config(ds_runs, tmp_path):
+def test_a_tag_that_does_not_exist_and_a_missing_config(ds_runs, tmp_path, capfd):
     src = str(ds_runs / "1" / "z1_fp32")
-    done = to_hf(ds_runs, src, tmp_path / "a", "--tag", "nope")
-    assert done.returncode == 2 and f"no checkpoint tagged 'nope' (tags here: {TAG})" in done.stderr
-    done = jax_sft("convert", src, str(tmp_path / "b"), "--to", "hf")
-    assert done.returncode == 2 and "holds no model config; name the Hugging Face" in done.stderr
+    status, err = to_hf(capfd, ds_runs, src, tmp_path / "a", "--tag", "nope")
+    assert status == 2 and f"no checkpoint tagged 'nope' (tags here: {TAG})" in err
+    status, err = jax_sft(capfd, "convert", src, str(tmp_path / "b"), "--to", "hf")
+    assert status == 2 and "holds no model config; name the Hugging Face" in err
 
 
-def test_a_hostile_pickle_is_refused_and_nothing_runs(ds_runs, tmp_path):
+def test_a_hostile_pickle_is_refused_and_nothing_runs(ds_runs, tmp_path, capfd):
     src, marker = tmp_path / "ds", tmp_path / "ran"
     shutil.copytree(ds_runs / "1" / "z2_fp32", src)
     hostile(src / TAG / "mp_rank_00_model_states.pt", marker)
     with pytest.raises(UserError, match=r"refused: the pickle calls posix\.system"):
         DeepSpeedCheckpoint(src)
-    done = to_hf(ds_runs, src, tmp_path / "out")
-    assert done.returncode == 2 and "posix.system" in done.stderr
+    status, err = to_hf(capfd, ds_runs, src, tmp_path / "out")
+    assert status == 2 and "posix.system" in err
     assert not marker.exists()
     torch.load(src / TAG / "mp_rank_00_model_states.pt", weights_only=False)  # the payload is live
     assert marker.exists()

@@ -2,10 +2,13 @@
 dataloader, lr_scheduler), and the loop `loss = engine(batch); engine.backward(loss);
 engine.step()` trains alike on `jax_sft.initialize` and `torch_ref.initialize`."""
 
+import io
 import json
 import os
 import subprocess
 import sys
+from contextlib import redirect_stdout
+from unittest.mock import patch
 
 import jax
 import numpy as np
@@ -50,17 +53,24 @@ print(json.dumps({{"losses": losses, "lrs": lrs, "micro_steps": len(losses)}}))
 
 
 def run_loop(backend: str, base, tmp_path) -> dict:
+    """The loop as a script on one device: JAX in a process of its own (this one holds
+    eight), the reference in this process (as tests/test_torch_ref_train.py runs it)."""
+    argv = [str(base), json.dumps(DS_CONFIG), str(DEMO_DATA / "train.jsonl")]
+    if backend == "torch_ref":
+        with redirect_stdout(io.StringIO()) as out, patch.object(sys, "argv", ["-c", *argv]):
+            exec(LOOP.format(backend=backend), {})
+        return json.loads(out.getvalue().strip().splitlines()[-1])
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    argv = [sys.executable, "-c", LOOP.format(backend=backend), str(base)]
-    argv += [json.dumps(DS_CONFIG), str(DEMO_DATA / "train.jsonl")]
+    argv = [sys.executable, "-c", LOOP.format(backend=backend), *argv]
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.multiprocess
-def test_one_deepspeed_loop_trains_alike_on_both_backends(tiny_base, tmp_path):
+def test_one_deepspeed_loop_trains_alike_on_both_backends(tiny_base, tmp_path, monkeypatch):
     ours = run_loop("jax_sft", tiny_base, tmp_path)
+    monkeypatch.chdir(tmp_path)
     theirs = run_loop("torch_ref", tiny_base, tmp_path)
     assert ours["micro_steps"] == theirs["micro_steps"] == 8  # accumulation 2, 4 steps
     assert ours["lrs"] == pytest.approx(theirs["lrs"], rel=1e-12)

@@ -4,8 +4,6 @@ NumPy reference, and its answers to bad input."""
 import json
 import math
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -127,17 +125,17 @@ def test_bad_input_exits_2_with_one_line(llama, tmp_path, capsys, flags, names):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_out_needs_overwrite(llama, tmp_path):
+def test_existing_out_needs_overwrite(llama, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    argv = [sys.executable, "-m", "jax_sft.cli", "prune", str(llama), str(out), "--sparsity", "0.5"]
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+    argv = ["prune", llama, out, "--sparsity", "0.5"]
+    status, _, stderr = run_cli(capsys, *argv)
+    assert status == 2
+    assert stderr.strip().splitlines() == [
         f"jax-sft: error: {out} exists; pass --overwrite to replace it"
     ]
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "keep.txt").exists()
-    proc = subprocess.run([*argv, "--overwrite"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    status, _, stderr = run_cli(capsys, *argv, "--overwrite")
+    assert status == 0, stderr
     assert sorted(p.name for p in out.iterdir()) == ["hf", "pruning.json"]

@@ -14,12 +14,12 @@ from interop.checkpoints.hf import HFCheckpointReader
 from interop.config_files import load_config
 from interop.errors import UserError
 from interop.probe import max_abs_logit_diff, probe_batch
-from interop.processes import torch_logits
 from interop.pruning.masks import Pruner
 from interop.tiny_configs import tiny_config
 from jax_sft.core.trees import dotted
 from jax_sft.models.logits import jax_logits
 from jax_sft.train.run import make_engine, train
+from torch_ref.logits import hf_logits
 
 STEPS = 10
 SCENARIOS = {
@@ -204,7 +204,7 @@ def test_structured_runs_ship_the_smaller_model(runs, tiny_base, scenario, chang
     out = Path(cfg.train.output_dir)
     batch = probe_batch(hf_config["vocab_size"])
     ours = jax_logits(hf_config, masked, batch)
-    theirs = torch_logits(out / "hf", batch)  # transformers, on the smaller model
+    theirs = hf_logits(out / "hf", batch)  # transformers, on the smaller model
     assert max_abs_logit_diff(ours, theirs, batch["attention_mask"]) <= 1e-5
     config = json.loads((out / "hf" / "config.json").read_text())
     for key, value in changed.items():

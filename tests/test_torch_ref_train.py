@@ -306,15 +306,6 @@ def test_missing_torch_extra_is_one_line_exit_1(tmp_path):
     ]
 
 
-def test_torch_ref_train_never_imports_jax():
-    code = (
-        "import sys, torch_ref.cli, torch_ref.train.run, torch_ref.train.export\n"
-        "print(sorted({n.split('.')[0] for n in sys.modules} & {'jax', 'flax', 'optax'}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "[]"
-
-
 def test_the_deepspeed_launchers_local_rank_flag_becomes_the_env(monkeypatch):
     from torch_ref.cli import launcher_rank
 

@@ -50,18 +50,8 @@ def test_existing_output_without_checkpoint_is_kept(tiny_base, tmp_path, capsys)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
-def test_dschat_step1_runs_run_1_3b_flags_on_local_jsonfile(tmp_path):
-    from interop.config import RunConfig
-    from jax_sft.train.base_model import ensure_base
-
-    opt = ensure_base(
-        RunConfig.model_validate(
-            {
-                "model": {"tiny": "tiny-opt", "pretrain": {"steps": 0, "vocab_size": 320}},
-                "train": {"output_dir": str(tmp_path / "opt-base")},
-            }
-        )
-    )
+def test_dschat_step1_runs_run_1_3b_flags_on_local_jsonfile(parity_bases, tmp_path):
+    opt = parity_bases["tiny-opt"]
     work = tmp_path / "app"
     (work / "data").mkdir(parents=True)
     for split in ("train", "eval"):
