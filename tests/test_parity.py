@@ -18,7 +18,8 @@ from jax_sft.commands.parity import compared_losses
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "parity-tiny.yaml")
 MODES = {
     "dense": [],
-    "sparse": ["sparse.method=random", "sparse.density=0.05"],
+    # On packed rows: the reference keeps attention inside each segment with a 4-D mask.
+    "sparse, packed": ["sparse.method=random", "sparse.density=0.05", "data.packing=true"],
     "lora": ["lora.rank=4", "lora.alpha=8", "lora.target_modules=[q_proj,v_proj,fc1]"],
 }
 
@@ -45,9 +46,10 @@ def _modules(tiny: str, settings: list[str]) -> list[str]:
 # Sparse and LoRA run as two torch processes under ZeRO-2 against two JAX devices: the
 # single-process case is that run's special case (a sharded JAX step equals the
 # single-device one, tests/test_sharding.py; dense ZeRO-2 on two processes equals one,
-# tests/test_torch_ref_train.py).
+# tests/test_torch_ref_train.py). Packed rows ride along with sparse (and, in
+# tests/test_prune_parity.py, with distillation); padded rows are the other cases'.
 CASES = [("tiny-llama", "dense", 1), ("tiny-opt", "dense", 1)]
-CASES += [("tiny-llama", mode, 2) for mode in ("sparse", "lora")]
+CASES += [("tiny-llama", mode, 2) for mode in ("sparse, packed", "lora")]
 
 
 @pytest.mark.multiprocess
@@ -71,6 +73,10 @@ def test_fp32_parity_over_50_steps(parity_bases, tmp_path, tiny, mode, procs):
     assert report["invariant_tensors"] == (keys if tiny == "tiny-opt" else [])
     assert code == 0 and len(report["steps"]) == 50
     assert report["loss_jax"][-1] < report["loss_jax"][0]  # it trained
+    if "packed" in mode:
+        # Two examples or more per row: a step scores more tokens than padded rows hold.
+        rows = (tmp_path / "torch" / "metrics.jsonl").read_text().splitlines()
+        assert min(r["tokens"] for r in map(json.loads, rows) if "tokens" in r) > 200
 
 
 @pytest.mark.multiprocess
@@ -97,19 +103,6 @@ def test_a_failing_torch_side_is_reported_with_its_stderr_not_compared(
     assert code == 1 and report is None
     assert "the torch side failed (exit 2), so nothing was compared" in err
     assert "movement is not in the PyTorch reference" in err  # torch-ref's own stderr
-
-
-@pytest.mark.multiprocess
-def test_packed_rows_train_alike(parity_bases, tmp_path):
-    """Packed rows: the reference keeps attention inside each segment with a 4-D mask."""
-    code, report = parity(tmp_path, parity_bases["tiny-llama"], ["data.packing=true"], steps=10)
-    assert report is not None and code == 0
-    assert report["max_rel_loss_diff"] <= 1e-4 and report["final_max_abs_param_diff"] <= 1e-5
-    rows = [
-        json.loads(x) for x in (tmp_path / "torch" / "metrics.jsonl").read_text().split("\n") if x
-    ]
-    # Two examples or more per row: a step scores more tokens than unpacked rows of 4 hold.
-    assert min(r["tokens"] for r in rows if "tokens" in r) > 200
 
 
 def test_a_missing_torch_extra_is_reported_as_such(parity_bases, tmp_path, capsys, monkeypatch):
