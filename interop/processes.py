@@ -47,10 +47,16 @@ def run_side(name: str, argv: list[str], env: dict, log: Path) -> None:
     """Run one side of a comparison, its output kept in `log`; a failure is that side's,
     reported with its stderr tail."""
     proc = subprocess.run(argv, capture_output=True, text=True, env=env)
-    log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
-    if proc.returncode != 0:
-        tail = proc.stderr[-STDERR_TAIL:].rstrip()
+    side_ended(name, proc.returncode, proc.stdout, proc.stderr, log)
+
+
+def side_ended(name: str, status: int, stdout: str, stderr: str, log: Path) -> None:
+    """Keep a side's output in `log`; a nonzero exit status is that side's failure,
+    reported with its stderr tail."""
+    log.write_text(stdout + "\n--- stderr ---\n" + stderr)
+    if status != 0:
+        tail = stderr[-STDERR_TAIL:].rstrip()
         raise BackendError(
-            f"the {name} side failed (exit {proc.returncode}), so nothing was compared; "
+            f"the {name} side failed (exit {status}), so nothing was compared; "
             f"full log in {log}; its stderr ends:\n{tail}"
         )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from interop.errors import BackendError
+from interop.errors import BackendError, UserError
 from jax_sft import cli
 from jax_sft.commands.parity import compared_losses
 
@@ -134,3 +134,24 @@ def test_a_resumed_parity_run_compares_the_steps_after_the_checkpoint(tmp_path):
     (tmp_path / "torch" / "metrics.jsonl").write_text(json.dumps({"step": 12, "loss": 1.5}))
     with pytest.raises(BackendError, match=r"found \[\[11, 12\], \[12\]\]"):
         compared_losses(tmp_path, 12, resumed=True)
+
+
+def test_a_failing_jax_side_is_reported_with_its_stderr(tiny_base, tmp_path, monkeypatch):
+    """In this process (it holds the devices), a JAX side's failure is reported as the
+    child's would be: exit status, log file, stderr tail."""
+    from train_fixtures import run_config, write_config
+
+    from jax_sft.commands import parity as command
+
+    def refuse(cfg, **_):
+        assert cfg.parallel.data == 2 and cfg.train.output_dir == str(tmp_path / "jax")
+        raise UserError("model.path: refused here")
+
+    monkeypatch.setattr(command, "train", refuse)
+    config = write_config(tmp_path, run_config(tiny_base, tmp_path / "unused"))
+    with pytest.raises(BackendError) as found:
+        command.run_jax_side(config, tmp_path, 2)
+    message = str(found.value)
+    assert message.startswith("the jax side failed (exit 2), so nothing was compared")
+    assert message.endswith("jax-sft: error: model.path: refused here")
+    assert "--- stderr ---" in (tmp_path / "jax.log").read_text()

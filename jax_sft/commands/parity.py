@@ -5,9 +5,10 @@ The harness makes the starting point once: the config's HF model (or its tiny ba
 and cached as `jax-sft train` does) and, for sparse and LoRA runs, the JAX side's initial
 adapter (zero deltas on the chosen index sets; LoRA factors with B = 0), so both sides
 train exactly the same entries from exactly the same values. It writes the run's final
-config to `OUT/run.yaml`, then runs `torch-ref train` (under torchrun with P processes
-when P > 1) and `jax-sft train` (on P virtual devices) as subprocesses into `OUT/torch`
-and `OUT/jax`, and compares what they wrote (`interop.parity`), ending with
+config to `OUT/run.yaml`, then runs `torch-ref train` as a subprocess (under torchrun with
+P processes when P > 1) into `OUT/torch`, and `jax-sft train` on P devices into `OUT/jax`
+(in this process when it holds P devices, else as a subprocess given P virtual CPU
+devices), and compares what they wrote (`interop.parity`), ending with
 each framework's own forward pass of its own final weights on the probe batch (logits;
 the torch side computes its own at the end of its run):
 `OUT/parity.json`, `OUT/parity.png`. A torch side that cannot run is reported as such,
@@ -20,27 +21,32 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import json
 import os
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from interop.arguments import add_json, add_overrides
+from interop.boundary import run_command
 from interop.config import RunConfig, with_sections
 from interop.config_files import dump_config, load_config
 from interop.errors import BackendError, UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
 from interop.parity import compare_losses, compare_params, final_eval, plot, step_losses
 from interop.probe import max_abs_logit_diff, probe_batch
-from interop.processes import free_port, run_side
-from interop.report import emit
+from interop.processes import free_port, run_side, side_ended
+from interop.report import emit, eval_printer
 from jax_sft.checkpoints.loading import read_checkpoint
 from jax_sft.models.logits import jax_logits
+from jax_sft.sharding.mesh import AXES, mesh_shape
 from jax_sft.train.base_model import ensure_base
 from jax_sft.train.modes import mode_class
-from jax_sft.train.run import make_engine, prepare_output
+from jax_sft.train.run import make_engine, prepare_output, train
 
 PROBE_LOGITS = "probe-logits.npy"  # the torch side's logits of its export, written by torch-ref
 
@@ -84,13 +90,8 @@ def run_sides(config: Path, out: Path, procs: int) -> None:
             "the torch side cannot run: torch and deepspeed are not installed "
             "(pip install -e '.[torch]'), so nothing was compared"
         )
-    jax_env = {
-        **os.environ,
-        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
-        f"--xla_force_host_platform_device_count={procs}".strip(),
-    }
-    mesh = ["--set", f"parallel.data={procs}", "--overwrite"]
-    torch_args = ["train", str(config), "--set", f"train.output_dir={out / 'torch'}", *mesh]
+    torch_args = ["train", str(config), "--set", f"train.output_dir={out / 'torch'}"]
+    torch_args += ["--set", f"parallel.data={procs}", "--overwrite"]
     torch_args += ["--probe-logits", str(out / "torch" / PROBE_LOGITS)]
     if procs > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs)]
@@ -98,9 +99,36 @@ def run_sides(config: Path, out: Path, procs: int) -> None:
     else:
         launcher = [sys.executable, "-m", "torch_ref.cli"]
     run_side("torch", [*launcher, *torch_args], dict(os.environ), out / "torch.log")
-    jax_argv = [sys.executable, "-m", "jax_sft.cli", "train", str(config)]
-    jax_argv += ["--set", f"train.output_dir={out / 'jax'}", *mesh]
-    run_side("jax", jax_argv, jax_env, out / "jax.log")
+    run_jax_side(config, out, procs)
+
+
+def run_jax_side(config: Path, out: Path, procs: int) -> None:
+    """`jax-sft train` on `config` into out/jax, on P devices: in this process when it
+    holds P (the mesh takes the first P; JAX is loaded already), else in a child process
+    given P virtual CPU devices. Its output goes to out/jax.log either way."""
+    settings = [f"train.output_dir={out / 'jax'}", f"parallel.data={procs}"]
+    if len(jax.devices()) < procs:
+        env = {
+            **os.environ,
+            "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
+            f"--xla_force_host_platform_device_count={procs}".strip(),
+        }
+        argv = [sys.executable, "-m", "jax_sft.cli", "train", str(config), "--overwrite"]
+        for setting in settings:
+            argv += ["--set", setting]
+        run_side("jax", argv, env, out / "jax.log")
+        return
+
+    def command() -> int:
+        cfg = load_config(config, settings)
+        shape = dict(zip(AXES, mesh_shape(cfg.parallel, procs), strict=True))  # the child's
+        cfg = with_sections(cfg, {"parallel": shape})
+        train(cfg, overwrite=True, on_eval=eval_printer(cfg.logging.style))
+        return 0
+
+    with redirect_stdout(io.StringIO()) as stdout, redirect_stderr(io.StringIO()) as stderr:
+        status = run_command("jax-sft", command)
+    side_ended("jax", status, stdout.getvalue(), stderr.getvalue(), out / "jax.log")
 
 
 def compared_losses(out: Path, steps: int, resumed: bool = False) -> dict:
