@@ -81,7 +81,7 @@ def test_learned_topk_masks_agree_across_frameworks(parity_bases, tmp_path):
 def test_the_reference_refuses_what_it_does_not_implement(sets, fragment):
     from interop.config_files import load_config
     from interop.errors import UserError
-    from torch_ref.train.prune import check_supported
+    from torch_ref.train.refusals import refuse_unsupported
 
     with pytest.raises(UserError, match=fragment):
-        check_supported(load_config(None, sets))
+        refuse_unsupported(load_config(None, sets))

@@ -24,11 +24,13 @@ from interop.config import ScheduleConfig
 from interop.data.batches import Batches
 from interop.data.pipeline import build_datasets
 from interop.data.tokenizer import load_tokenizer, prepare_tokenizer
+from interop.errors import UserError
 from interop.outputs import file_mode
 from interop.processes import free_port
 from interop.schedules import learning_rate
 from interop.sparse_format import fingerprint, read_adapter, write_adapter
 from torch_ref import cli
+from torch_ref.train.refusals import refuse_unsupported
 
 CONSTANT = {"type": "constant"}  # the fixtures' warmup makes update 0 a no-op
 
@@ -264,6 +266,33 @@ def test_what_the_reference_cannot_do_exits_2(tiny_base, tmp_path, capsys, secti
     assert train(tmp_path, "refused", run_config(tiny_base, out, **sections)) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == line
     assert not out.exists()
+
+
+def test_what_the_config_alone_refuses_is_refused_before_torch_loads(tiny_base, tmp_path):
+    """`jax-sft parity` waits for this side's refusal: it comes without torch's imports."""
+    sections = {"parallel": {"tensor": 2}, "lora": {"rank": 4, "dropout": 0.1}}
+    config = write_config(tmp_path, run_config(tiny_base, tmp_path / "out", **sections))
+    code = (
+        "import sys\nfrom torch_ref import cli\n"
+        f"status = cli.main(['train', {str(config)!r}])\n"
+        "print(status, sorted({'torch', 'deepspeed', 'transformers'} & set(sys.modules)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.split("\n")[-2] == "2 []", proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (
+        "torch-ref: error: parallel.tensor: 2; the PyTorch reference has no tensor parallelism"
+    )
+    assert not (tmp_path / "out").exists()
+    for sets, line in (
+        ({"lora": {"rank": 4, "dropout": 0.1}}, "lora.dropout: the JAX backend has no LoRA"),
+        ({"lora": {"rank": 4, "dense_trainable": ["norm"]}}, "lora.dense_trainable: not supp"),
+        (
+            {"sparse": {"method": "random", "density": 0.1, "dense_trainable": ["norm"]}},
+            "sparse.dense_trainable: not supp",
+        ),
+    ):
+        with pytest.raises(UserError, match=line):
+            refuse_unsupported(run_config(tiny_base, tmp_path / "out", **sets))
 
 
 def test_existing_output_needs_overwrite(tiny_base, tmp_path, capsys):

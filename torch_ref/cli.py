@@ -35,6 +35,9 @@ def _logits(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from torch_ref.train.refusals import launch_world_size, run_config
+
+    run_config(args, launch_world_size())  # what the reference refuses, before torch loads
     default_to_cpu()
     from torch_ref.train.run import train
 

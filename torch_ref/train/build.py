@@ -32,6 +32,7 @@ from torch_ref.train.model import (
     resize_vocab,
     resolve_source,
 )
+from torch_ref.train.refusals import refuse_unsupported
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Built:
 def build(cfg: RunConfig, attn_implementation: str = "eager") -> Built:
     """The run's trainable module (on the CPU, float32, with `transformers`' attention
     `attn_implementation`) and its prepared tokenizer."""
+    refuse_unsupported(cfg)
     _check_dtype(cfg.model.dtype)
     mode = cfg.training_mode
     source = resolve_source(cfg)

@@ -23,21 +23,10 @@ from interop.errors import UserError
 from interop.lora_format import CONFIG
 
 
-def check_supported(cfg: RunConfig) -> None:
-    if cfg.lora.dense_trainable:
-        raise UserError(
-            "lora.dense_trainable: not supported by the PyTorch reference (its regexes are "
-            "over the JAX parameter paths); use []"
-        )
-    if cfg.lora.dropout > 0:
-        raise UserError("lora.dropout: the JAX backend has no LoRA dropout; use 0 on both sides")
-
-
 def attach(model: torch.nn.Module, cfg: RunConfig, adapter: Path | None) -> torch.nn.Module:
     """`model` wrapped by peft with trainable factors (from `adapter` when given)."""
     import peft  # only LoRA runs pay for its import
 
-    check_supported(cfg)
     if adapter is None:
         config = peft.LoraConfig(
             r=cfg.lora.rank,

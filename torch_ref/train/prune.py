@@ -31,9 +31,7 @@ from torch.nn.utils import parametrize
 from interop.checkpoints.hf import HFCheckpointReader
 from interop.checkpoints.hf_write import write_hf_checkpoint
 from interop.config import RunConfig
-from interop.errors import UserError
 from interop.outputs import write_json
-from interop.prune_config import CALIBRATED
 from interop.pruning.masks import Pruner
 from interop.pruning.shrink import pruning_report, shrink
 
@@ -84,38 +82,6 @@ class Learned(Masked):
                 self.mask.copy_(_TopK.apply(self.scores, self.keep) > 0.5)
 
 
-def check_supported(cfg: RunConfig) -> None:
-    p = cfg.prune
-    for index, rule in enumerate(p.rules):
-        where = f"prune.rules[{index}].method"
-        if rule.method == "movement":
-            raise UserError(
-                f"{where}: movement is not in the PyTorch reference (magnitude, random and "
-                "unstructured topk are); train it with jax-sft"
-            )
-        if rule.method in CALIBRATED:
-            raise UserError(
-                f"{where}: {rule.method} is not in the PyTorch reference; prune one-shot with "
-                f"`jax-sft prune MODEL OUT --method {rule.method} --data FILE` and fine-tune "
-                "OUT/hf under a magnitude rule of the same pattern, which keeps its zeros"
-            )
-        if rule.method == "topk" and rule.pattern != "unstructured":
-            raise UserError(
-                f"{where}: topk with pattern {rule.pattern} is not in the PyTorch reference "
-                "(unstructured topk is); train it with jax-sft"
-            )
-        if rule.method == "topk" and cfg.parallel.zero_stage == 3:
-            raise UserError(
-                f"{where}: topk under ZeRO-3 is not supported by the PyTorch reference (its "
-                "scores are read outside a module's forward); use zero_stage 0-2 or jax-sft"
-            )
-    if p.regularization != "none" and p.reg_weight > 0:
-        raise UserError(
-            f"prune.regularization: {p.regularization} is not in the PyTorch reference; "
-            "train it with jax-sft"
-        )
-
-
 def pruner_for(model: torch.nn.Module, cfg: RunConfig) -> Pruner:
     shapes = {n: tuple(t.shape) for n, t in model.state_dict().items()}
     return Pruner(cfg.prune, model.config.to_dict(), shapes)
@@ -124,7 +90,6 @@ def pruner_for(model: torch.nn.Module, cfg: RunConfig) -> Pruner:
 def attach(model: torch.nn.Module, cfg: RunConfig) -> Pruner:
     """Mask every targeted tensor of `model` (cut at once when the schedule says step 0,
     zeroing the pruned weights); the run's Pruner."""
-    check_supported(cfg)
     pruner = pruner_for(model, cfg)
     masks = pruner.initial_masks()
     if pruner.cuts_at(0):

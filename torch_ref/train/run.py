@@ -19,37 +19,14 @@ from pathlib import Path
 import deepspeed
 import transformers
 
-from interop.config import RunConfig
-from interop.config_files import load_config
-from interop.errors import UserError
-from interop.frontends.deepspeed_json import overrides_from_deepspeed
 from interop.report import emit, eval_printer
 from interop.run_dir import run_directory
 from torch_ref.logits import save_probe_logits
 from torch_ref.train import distributed
 from torch_ref.train.build import build
 from torch_ref.train.export import export
+from torch_ref.train.refusals import run_config
 from torch_ref.train.trainer import Trainer
-
-
-def run_config(args: argparse.Namespace, dp: int) -> tuple[RunConfig, list[str]]:
-    """YAML, then the DeepSpeed JSON (if any) over it, then `--set` over both; notes."""
-    layers, notes = [], []
-    if args.deepspeed_config:
-        ds, notes = overrides_from_deepspeed(Path(args.deepspeed_config), data_parallel_size=dp)
-        layers.append((args.deepspeed_config, ds))
-    cfg = load_config(args.config, args.overrides, layers)
-    p = cfg.parallel
-    if p.tensor != 1:
-        raise UserError(
-            f"parallel.tensor: {p.tensor}; the PyTorch reference has no tensor parallelism"
-        )
-    if p.data != -1 and p.data * p.fsdp != dp:
-        notes.append(
-            f"parallel.data x parallel.fsdp is {p.data * p.fsdp}, but DeepSpeed's data-parallel "
-            f"size is the number of processes, {dp}"
-        )
-    return cfg, notes
 
 
 def train(args: argparse.Namespace) -> int:

@@ -43,17 +43,12 @@ class SparseDelta(torch.nn.Module):
 
 
 def check_supported(cfg: RunConfig, has_adapter: bool) -> None:
-    """Refuse what the reference does not do: selection without an adapter, dense leaves."""
+    """Refuse selection without an adapter: the reference trains given index sets only."""
     if not has_adapter:
         raise UserError(
             f"sparse.method: {cfg.sparse.method} without an adapter; the PyTorch reference "
             "does not select entries itself: start from a sparse adapter (model.path) that "
             "holds the index sets (jax-sft parity makes one)"
-        )
-    if cfg.sparse.dense_trainable:
-        raise UserError(
-            "sparse.dense_trainable: not supported by the PyTorch reference (its regexes are "
-            "over the JAX parameter paths); use []"
         )
 
 
