@@ -41,6 +41,7 @@ TORCH_LAYERS = {
     "train.data": 0,
     "train.ds_config": 0,
     "train.model": 0,
+    "train.refusals": 0,
     "logits": 0,
     "accelerator": 0,
     "bench_generate": 0,
