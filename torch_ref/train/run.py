@@ -3,7 +3,9 @@
 The config is read as `jax-sft train` reads it: the YAML, a ds.json (if any) laid over it
 by `interop.frontends.deepspeed_json`, `--set` over both. The data-parallel size is the
 number of processes (`torchrun --nproc_per_node P`); `parallel.data`/`fsdp` describe a
-JAX mesh and only earn a note when they disagree; tensor parallelism is refused.
+JAX mesh and only earn a note when they disagree. Reading it, and refusing what the
+reference cannot run (tensor parallelism among others), is `refusals.run_config`'s,
+which the command line calls once more before torch is imported.
 The output directory's rules are `interop.run_dir`'s, as for `jax-sft train` (a JAX
 run's checkpoint is another run's: its identity names the backend).
 """
