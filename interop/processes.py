@@ -24,6 +24,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def with_cpu_devices(xla_flags: str, count: int) -> str:
+    """`xla_flags` (an XLA_FLAGS value) asking for `count` virtual CPU devices instead of
+    any number it asked for; the other flags are kept."""
+    flag = "--xla_force_host_platform_device_count"
+    kept = [f for f in xla_flags.split() if not f.startswith(flag)]
+    return " ".join([*kept, f"{flag}={count}"])
+
+
 def torch_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
 

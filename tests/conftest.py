@@ -1,5 +1,15 @@
 """Test set-up: JAX sees 8 virtual CPU devices (set before jax is imported anywhere).
 
+XLA compiles the suite's programs with LLVM's optimizations off
+(`--xla_backend_optimization_level=0`, inherited by the processes tests start). Compiling
+is nearly half the suite's CPU time, and for the tiny models here LLVM's optimization of
+each kernel is most of a compile: a subset of JAX-heavy tests ran a quarter faster so.
+What a test can observe stays the same: XLA's own passes (fusion, layouts, buffer
+assignment, hence every `memory_analysis()` figure) run as in a real run, and the values
+differ from an optimized build's by round-off (about 1e-7 relative in a tiny Llama's
+losses, where sums are vectorized differently), far inside every bound asserted here.
+Real runs and `make bench` compile at XLA's default level.
+
 PyTorch computes on one OpenMP thread, here and in the processes tests start: `make test`
 runs two workers on a two-core machine, and OpenMP threads that spin while they wait for
 work take the other worker's core (a mixed subset of the suite ran a tenth faster so).
@@ -7,7 +17,9 @@ work take the other worker's core (a mixed subset of the suite ran a tenth faste
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

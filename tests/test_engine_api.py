@@ -18,6 +18,7 @@ from train_fixtures import DEMO_DATA, run_config
 import jax_sft
 from interop.config import DEFAULT_SPARSE_METHOD
 from interop.errors import UserError
+from interop.processes import with_cpu_devices
 
 DS_CONFIG = {
     "train_micro_batch_size_per_gpu": 2,
@@ -60,7 +61,7 @@ def run_loop(backend: str, base, tmp_path) -> dict:
         with redirect_stdout(io.StringIO()) as out, patch.object(sys, "argv", ["-c", *argv]):
             exec(LOOP.format(backend=backend), {})
         return json.loads(out.getvalue().strip().splitlines()[-1])
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {**os.environ, "XLA_FLAGS": with_cpu_devices(os.environ["XLA_FLAGS"], 1)}
     argv = [sys.executable, "-c", LOOP.format(backend=backend), *argv]
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

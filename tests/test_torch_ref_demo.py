@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from interop.processes import with_cpu_devices
 from torch_ref import cli as torch_ref_cli
 
 DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
@@ -31,7 +32,7 @@ def test_demo_eval_perplexity_within_one_percent(tmp_path):
     argv = [sys.executable, "-m", "jax_sft.cli", "train", DEMO]
     argv += ["--set", f"train.output_dir={jax_out}", "--set", "train.save_every=null"]
     argv += ["--set", "model.pretrain.steps=150"]
-    one = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    one = {**os.environ, "XLA_FLAGS": with_cpu_devices(os.environ["XLA_FLAGS"], 1)}
     proc = subprocess.run(argv, capture_output=True, text=True, env=one)
     assert proc.returncode == 0, proc.stderr[-2000:]
     # The reference in this process, as tests/test_torch_ref_train.py runs it.

@@ -11,6 +11,7 @@ import transformers
 from train_fixtures import DEMO_DATA, run_config, write_config
 
 from interop.outputs import file_mode
+from interop.processes import with_cpu_devices
 from jax_sft import cli
 
 
@@ -79,7 +80,7 @@ def test_dschat_step1_runs_run_1_3b_flags_on_local_jsonfile(parity_bases, tmp_pa
         str(output),
     ]
     # `deepspeed --num_gpus 1`: one device, so the per-device batch is the global one.
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {**os.environ, "XLA_FLAGS": with_cpu_devices(os.environ["XLA_FLAGS"], 1)}
     proc = subprocess.run(
         [sys.executable, "-m", "jax_sft.cli", "dschat-step1", *flags],
         capture_output=True,
@@ -222,7 +223,7 @@ def test_dschat_deepspeed_config_batch_rule_counts_every_device(tiny_base, tmp_p
     steps = [r["step"] for r in rows if "loss" in r]
     assert steps[-1] == -(-213 // 16)  # global batches of 16 rows
 
-    one = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    one = {**os.environ, "XLA_FLAGS": with_cpu_devices(os.environ["XLA_FLAGS"], 1)}
     flags[-1] = str(work / "out1")
     proc = subprocess.run(
         [sys.executable, "-m", "jax_sft.cli", *flags], capture_output=True, text=True, env=one

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 from interop.errors import UserError
-from interop.processes import free_port
+from interop.processes import free_port, with_cpu_devices
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         }
         if args.cpu_devices:
             env["JAX_PLATFORMS"] = "cpu"
-            env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.cpu_devices}"
+            env["XLA_FLAGS"] = with_cpu_devices(os.environ.get("XLA_FLAGS", ""), args.cpu_devices)
         procs.append(subprocess.Popen([sys.executable, "-m", "jax_sft.cli", *command], env=env))
     codes = [p.wait() for p in procs]
     return next((c for c in codes if c != 0), 0)

@@ -39,7 +39,7 @@ from interop.errors import BackendError, UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed
 from interop.parity import compare_losses, compare_params, final_eval, plot, step_losses
 from interop.probe import max_abs_logit_diff, probe_batch
-from interop.processes import free_port, run_side, side_ended
+from interop.processes import free_port, run_side, side_ended, with_cpu_devices
 from interop.report import emit, eval_printer
 from jax_sft.checkpoints.loading import read_checkpoint
 from jax_sft.models.logits import jax_logits
@@ -108,11 +108,7 @@ def run_jax_side(config: Path, out: Path, procs: int) -> None:
     given P virtual CPU devices. Its output goes to out/jax.log either way."""
     settings = [f"train.output_dir={out / 'jax'}", f"parallel.data={procs}"]
     if len(jax.devices()) < procs:
-        env = {
-            **os.environ,
-            "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
-            f"--xla_force_host_platform_device_count={procs}".strip(),
-        }
+        env = {**os.environ, "XLA_FLAGS": with_cpu_devices(os.environ.get("XLA_FLAGS", ""), procs)}
         argv = [sys.executable, "-m", "jax_sft.cli", "train", str(config), "--overwrite"]
         for setting in settings:
             argv += ["--set", setting]
