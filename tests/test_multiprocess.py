@@ -10,6 +10,7 @@ import pytest
 from train_fixtures import run_config
 
 from interop.config_files import dump_config
+from interop.processes import with_cpu_devices
 from jax_sft.train.run import make_engine, train
 
 PARALLEL = {"data": 8, "zero_stage": 3}
@@ -68,3 +69,13 @@ def test_two_processes_match_one_process_and_restore_in_one(tiny_base, tmp_path)
         strict=True,
     ):
         assert float(np.abs(np.asarray(a) - np.asarray(b)).max()) <= 1e-6
+
+
+def test_a_device_count_for_child_processes_keeps_the_other_xla_flags():
+    # What `launch --cpu-devices` and parity's JAX child set: a user's flags stay.
+    flags = "--xla_force_host_platform_device_count=8 --xla_dump_to=/tmp/d"
+    assert with_cpu_devices(flags, 4).split() == [
+        "--xla_dump_to=/tmp/d",
+        "--xla_force_host_platform_device_count=4",
+    ]
+    assert with_cpu_devices("", 2) == "--xla_force_host_platform_device_count=2"
