@@ -38,9 +38,6 @@ SCENARIOS = {
     "sparsegpt 2:4": {"method": "sparsegpt", "pattern": "2:4", "calibration_samples": 8},
 }
 PARALLEL = {"sparsegpt 2:4": {"tensor": 2, "zero_stage": 3}}
-# A checkpoint every 2 steps where the test follows the masks step by step (a schedule,
-# learned scores); elsewhere two, at 5 and 10, show a mask held.
-SAVE_EVERY = {"gradual": 2, "topk": 2}
 
 
 class _Runs(dict):
@@ -70,18 +67,12 @@ def _train(name, base, tmp_path_factory):
         prune=rule,
         parallel=PARALLEL.get(name, {}),
         optim={"learning_rate": 3e-3, "weight_decay": 0.1},
-        train={
-            "max_steps": STEPS,
-            "save_every": SAVE_EVERY.get(name, 5),
-            "keep_checkpoints": 10,
-            "eval_every": 5,
-        },
+        train={"max_steps": STEPS, "save_every": 2, "keep_checkpoints": 10, "eval_every": 5},
     )
     train(cfg)
     reader = make_engine(cfg)
     masks = {}
-    every = cfg.train.save_every
-    for step in range(every, STEPS + 1, every):
+    for step in range(2, STEPS + 1, 2):
         reader.load_checkpoint(tag=str(step))
         masks[step] = reader.mode.host_masks(reader.state["masks"])
     final = reader.state
@@ -122,7 +113,7 @@ def test_unstructured_masks_are_the_numpy_top_magnitudes_and_hold(runs, tiny_bas
         else:
             assert zeros == int(np.sum(base[name] == 0)) == 0, name
     # The same mask at every checkpoint; Adam moments and stored weights zero there.
-    first = masks[5]
+    first = masks[2]
     assert all(all(np.array_equal(m[p], first[p]) for p in first) for m in masks.values())
     params = dotted(jax.device_get(state["params"]))
     adam = state["opt_state"][1]
@@ -156,7 +147,7 @@ def test_two_of_four_masks_keep_each_groups_largest_and_hold(runs, tiny_base):
         kept = (tuned[name] != 0).reshape(-1, 4)
         assert np.array_equal(kept, _two_of_four_by_magnitude(base[name])), name
     assert all(np.all(tuned[n] != 0) for n in base if n not in targets)
-    first = masks[5]
+    first = masks[2]
     assert all(all(np.array_equal(m[p], first[p]) for p in first) for m in masks.values())
     # Distilled from the dense model: the term is logged every step, nonzero once the
     # cut model differs from its teacher (a run without distillation logs none: above).
@@ -174,7 +165,7 @@ def test_a_sparsegpt_start_holds_its_two_of_four_masks(runs, tiny_base):
     for name in targets:
         zeros = (tuned[name] == 0).reshape(-1, 4).sum(axis=1)
         assert np.all(zeros >= 2), name  # every 4 consecutive inputs of every row
-    first = masks[5]
+    first = masks[2]
     assert all(all(np.array_equal(m[p], first[p]) for p in first) for m in masks.values())
     # Calibrated on the run's data, the choice is not magnitude's.
     by_magnitude = [_two_of_four_by_magnitude(base[n]) for n in targets]
@@ -243,7 +234,7 @@ def test_a_structured_run_ships_the_smaller_model(runs, tiny_base):
         assert config[key] == value, key
     base_cfg = json.loads((Path(tiny_base) / "config.json").read_text())
     assert all(config[k] == base_cfg[k] for k in ("hidden_size", "num_hidden_layers"))
-    first = masks[5]
+    first = masks[2]
     assert all(all(np.array_equal(m[p], first[p]) for p in first) for m in masks.values())
     report = json.loads((out / "pruning.json").read_text())
     fractions = {n: t["sparsity"] for n, t in report["tensors"].items()}
