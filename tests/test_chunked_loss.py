@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from train_fixtures import zero_micro_batch
+from xla_settings import REAL_RUN
 
 from interop.data.examples import IGNORE
 from interop.tiny_configs import tiny_config
@@ -62,7 +63,8 @@ def test_at_32k_vocabulary_and_sequence_2048_the_logits_never_exist_whole():
         return loss_sum_and_count(model(mb["input_ids"], mb["attention_mask"]), mb["labels"])
 
     def temp_bytes(loss):
-        step = jax.jit(jax.grad(lambda p, mb: loss(p, mb)[0]))
+        # a real run's fusion (xla_settings.py)
+        step = jax.jit(jax.grad(lambda p, mb: loss(p, mb)[0]), compiler_options=REAL_RUN)
         return step.lower(params, mb).compile().memory_analysis().temp_size_in_bytes
 
     logits_bytes = seq * config["vocab_size"] * 4

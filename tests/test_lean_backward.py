@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from train_fixtures import zero_micro_batch
+from xla_settings import REAL_RUN
 
 from interop.tiny_configs import tiny_config
 from jax_sft.core.forward import forward_loss
@@ -67,7 +68,8 @@ def gradient_temp_bytes(cfg: dict, batch: int, seq: int) -> int:
     params = nnx.to_pure_dict(params)
     mb = zero_micro_batch(batch, seq)
     grad = jax.grad(lambda p: forward_loss(graphdef, p, mb)[0])
-    compiled = jax.jit(grad, compiler_options=compiler_options()).lower(params).compile()
+    options = {**compiler_options(), **REAL_RUN}  # a real run's fusion (xla_settings.py)
+    compiled = jax.jit(grad, compiler_options=options).lower(params).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
 
