@@ -8,7 +8,8 @@ import pytest
 
 from interop.config import RunConfig
 from interop.errors import UserError
-from interop.frontends.dschat import dschat_parser, run_config_from_dschat
+from interop.frontends.dschat import run_config_from_dschat
+from interop.frontends.dschat_flags import dschat_parser
 
 # Every flag of step-1 main.py with its default, and DeepSpeed's add_config_arguments.
 MAIN_PY_DEFAULTS = {
