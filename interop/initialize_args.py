@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from interop.config import DEFAULT_SPARSE_METHOD, RunConfig
+from interop.adapter_config import DEFAULT_SPARSE_METHOD
+from interop.config import RunConfig
 from interop.config_files import load_config
 from interop.errors import UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed

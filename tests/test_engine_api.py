@@ -16,7 +16,7 @@ import pytest
 from train_fixtures import DEMO_DATA, run_config
 
 import jax_sft
-from interop.config import DEFAULT_SPARSE_METHOD
+from interop.adapter_config import DEFAULT_SPARSE_METHOD
 from interop.errors import UserError
 from interop.processes import with_cpu_devices
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from interop.config import LoraConfig, RunConfig
+from interop.adapter_config import LoraConfig
+from interop.config import RunConfig
 from interop.errors import UserError
 from interop.lora_format import merge_lora, read_adapter, scaling
 from interop.tiny_configs import tiny_config

@@ -17,8 +17,8 @@ import torch
 from flax import nnx
 from tiny_hf import VOCAB, hf_logits, make_model
 
+from interop.adapter_config import LoraConfig
 from interop.checkpoints.formats import detect_format
-from interop.config import LoraConfig
 from interop.lora_format import merge_lora, read_adapter
 from interop.probe import max_abs_logit_diff, probe_batch
 from jax_sft.checkpoints.loading import read_checkpoint

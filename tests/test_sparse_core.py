@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from interop.config import SparseConfig
+from interop.adapter_config import SparseConfig
 from interop.errors import UserError
 from interop.tiny_configs import tiny_config
 from jax_sft.models import registry

@@ -49,7 +49,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from interop.config import RunConfig, SparseConfig
+from interop.adapter_config import SparseConfig
+from interop.config import RunConfig
 from interop.config_files import deep_merge, describe_error
 from interop.errors import UserError
 from interop.frontends.deepspeed_json import overrides_from_deepspeed

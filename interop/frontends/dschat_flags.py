@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import yaml
 
-from interop.config import SparseConfig
+from interop.adapter_config import SparseConfig
 from interop.errors import UserError
 
 PROG = "jax-sft dschat-step1"

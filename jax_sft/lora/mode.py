@@ -21,7 +21,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from interop.config import LoraConfig, RunConfig
+from interop.adapter_config import LoraConfig
+from interop.config import RunConfig
 from interop.errors import UserError
 from interop.lora_format import scaling
 from jax_sft.core.mode import ModeStart, TrainingMode

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from interop.config import LoraConfig
+from interop.adapter_config import LoraConfig
 from jax_sft.core.trees import update_leaves
 from jax_sft.lora.targets import Target
 

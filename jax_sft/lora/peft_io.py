@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interop.config import LoraConfig
+from interop.adapter_config import LoraConfig
 from interop.errors import UserError
 from interop.lora_format import adapter_config, read_adapter, write_adapter
 from jax_sft.lora.params import LoraTree

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 import jax
 import numpy as np
 
-from interop.config import SparseConfig
+from interop.adapter_config import SparseConfig
 from interop.errors import UserError
 from jax_sft.core.trees import dense_leaves, matching
 from jax_sft.sharding.distributed import to_host

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from interop.config import SparseConfig
+from interop.adapter_config import SparseConfig
 from jax_sft.core.forward import forward_loss
 from jax_sft.core.loss import scored_tokens
 from jax_sft.core.mode import TrainingMode
