@@ -14,16 +14,23 @@ What it does instead (the idea of FlashAttention, kept simple for XLA):
   positions form the rows of one matrix, position-major: [batch, kv_heads, seq x group,
   head_dim]. Every product is then a plain batched matmul over (batch, kv_heads), the
   shape XLA's CPU backend hands to its fast matmul kernels without transposing.
-- The forward pass keeps, per query row, only the running maximum m and the sum l of the
-  exponentials (not the probabilities). The backward pass recomputes each block's
-  probabilities p = exp(s - m) / l from the scores and uses dS = p * (dP - rowsum(dO * O)),
-  the softmax derivative in the form that needs no stored probability matrix. It works
+- For the backward pass the forward keeps, besides q, k and v, one number per query
+  row: the log of its softmax denominator, lse = m + log(l) (m the row's largest score,
+  l the sum of exp(s - m)); not the probabilities, not the output. The backward pass
+  recomputes each block's probabilities p = exp(s - lse) from the scores and uses
+  dS = p * (dP - rowsum(p * dP)). FlashAttention writes that row sum as rowsum(dO * O),
+  which needs the output kept (or its keys split over several tiles); here a query block
+  meets its whole key range in one product, so the sum comes from the block itself and
+  the output is not kept. The 52M Llama's train step at batch 8 x 512 (14 layers) needs
+  45 MB fewer temporaries for it looped and 126 MB fewer scanned (`memory_analysis()`),
+  and its attention's forward and backward ran ~14% faster here. The backward works
   on the transposed blocks (k q^T, [keys, rows]): recomputing q k^T as the forward did
   let XLA merge the two and keep every forward score block until the backward pass
   (0.43 GB of the 52M Llama's step at batch 8 x 512; see `lean_backward`).
 
 Rows that may attend nothing (left padding) get uniform weights, as in
-`attention.head_major_attention`; their outputs are never used.
+`attention.head_major_attention`; their outputs are never used, so no gradient reaches
+them and the backward pass does not recompute those weights (its p is 1 there, not 1/l).
 """
 
 from __future__ import annotations
@@ -78,7 +85,7 @@ def _forward(q, k, v, allowed, scale):
     g = h // kv
     qr = _rows(q, kv)
     kh, vh = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
-    outs, maxes, sums = [], [], []
+    outs, lses = [], []
     for start, end in _blocks(s):
         sc = _scores(
             qr[:, :, start * g : end * g], kh[:, :, :end], allowed[:, :, start:end, :end], scale
@@ -87,11 +94,9 @@ def _forward(q, k, v, allowed, scale):
         p = jnp.exp(sc - m)
         total = jnp.sum(p, axis=-1, keepdims=True)
         outs.append(_bmm(p.astype(v.dtype), vh[:, :, :end], 3, 2) / total)
-        maxes.append(m)
-        sums.append(total)
-    o = jnp.concatenate(outs, axis=2)
-    stats = (jnp.concatenate(maxes, axis=2), jnp.concatenate(sums, axis=2))
-    return _unrows(o, s).astype(q.dtype), (qr, kh, vh, allowed, o, stats)
+        lses.append(m + jnp.log(total))
+    o = _unrows(jnp.concatenate(outs, axis=2), s).astype(q.dtype)
+    return o, (qr, kh, vh, allowed, jnp.concatenate(lses, axis=2))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -117,13 +122,12 @@ def _scores_t(k: jax.Array, q: jax.Array, allowed: jax.Array, scale: float) -> j
 
 
 def _backward(scale, residuals, dout):
-    qr, kh, vh, allowed, o, (maxes, sums) = residuals
+    qr, kh, vh, allowed, lse = residuals
     b, kv, rows, d = qr.shape
     s = kh.shape[2]
     g = rows // s
     do = _rows(dout, kv).astype(jnp.float32)
-    delta = jnp.swapaxes(jnp.sum(do * o, axis=-1, keepdims=True), 2, 3)
-    maxes, sums = jnp.swapaxes(maxes, 2, 3), jnp.swapaxes(sums, 2, 3)
+    lse = jnp.swapaxes(lse, 2, 3)
     dq = []
     dk = jnp.zeros(kh.shape, jnp.float32)
     dv = jnp.zeros(vh.shape, jnp.float32)
@@ -132,9 +136,9 @@ def _backward(scale, residuals, dout):
         qi, doi = qr[:, :, r0:r1], do[:, :, r0:r1]
         keys, values = kh[:, :, :end].astype(jnp.float32), vh[:, :, :end].astype(jnp.float32)
         st = _scores_t(kh[:, :, :end], qi, allowed[:, :, start:end, :end], scale)
-        pt = jnp.exp(st - maxes[..., r0:r1]) / sums[..., r0:r1]
+        pt = jnp.exp(st - lse[..., r0:r1])
         dpt = _bmm(values, doi, 3, 3)
-        dst = pt * (dpt - delta[..., r0:r1]) * scale
+        dst = pt * (dpt - jnp.sum(pt * dpt, axis=2, keepdims=True)) * scale
         dq.append(_bmm(dst, keys, 2, 2))
         dk = dk.at[:, :, :end].add(_bmm(dst, qi.astype(jnp.float32), 3, 2))
         dv = dv.at[:, :, :end].add(_bmm(pt, doi, 3, 2))
