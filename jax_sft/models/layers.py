@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_sft.models.lean_backward import rms_norm
+from jax_sft.models.lean_backward import rms_norm, silu_gated, silu_gated_matmul, weight_gradient
 
 Axes = tuple[str | None, ...]
 
@@ -44,11 +44,7 @@ def _matmul_forward(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple]:
 
 def _matmul_backward(residuals: tuple, dy: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, w = residuals
-    rows_x, rows_dy = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
-    if jax.default_backend() == "cpu":
-        rows_x, rows_dy = jax.lax.optimization_barrier((rows_x, rows_dy))
-    dw = jax.lax.dot_general(rows_x, rows_dy, (((0,), (0,)), ((), ())))
-    return dy @ w.T, dw
+    return dy @ w.T, weight_gradient(x, dy)
 
 
 matmul.defvjp(_matmul_forward, _matmul_backward)
@@ -87,9 +83,21 @@ class Linear(nnx.Module):
         if _CAPTURED is not None:
             _CAPTURED[id(self)] = x
         y = matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
-        if self.bias is not None:
-            y = y + self.bias[...].astype(self.dtype)
-        return y
+        return self._biased(y)
+
+    def silu_gated(self, gate: jax.Array, up: jax.Array) -> jax.Array:
+        """self(silu(gate) * up), keeping gate and up for the backward pass rather than
+        the product (`lean_backward.silu_gated_matmul`); pruning calibration, which
+        records this layer's input, sees the product."""
+        if _CAPTURED is not None:
+            return self(silu_gated(gate, up))
+        kernel = self.kernel[...].astype(self.dtype)
+        return self._biased(
+            silu_gated_matmul(gate.astype(self.dtype), up.astype(self.dtype), kernel)
+        )
+
+    def _biased(self, y: jax.Array) -> jax.Array:
+        return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
 _CAPTURED: dict[int, jax.Array] | None = None

@@ -18,6 +18,13 @@ silu(gate) besides): 305 MB less; `rms_norm` keeps the input and the per-token 1
 reduction): a few KB per layer, but one array fewer for a scanned stack to store per
 layer, hence fewer kernels to compile (`models.stacked`). The forward values are the
 plain formulas', bit for bit.
+
+`silu_gated_matmul`, the down projection with its input silu(gate) * up recomputed in the
+backward pass, breaks the second rule on purpose. Recomputed in a form XLA cannot merge,
+the products of all layers were scheduled early and the looped 52M step needed 432 MB
+more; recomputed as the forward's expression, XLA merges it back when the layers are
+looped (the step is as before) and cannot when they are scanned, where the forward and
+backward passes are two loops: the scanned 52M step needs 352 MB less (1.95 GB).
 """
 
 from __future__ import annotations
@@ -46,6 +53,39 @@ def _silu_gated_backward(residuals: tuple, dy: jax.Array) -> tuple[jax.Array, ja
 
 
 silu_gated.defvjp(_silu_gated_forward, _silu_gated_backward)
+
+
+def weight_gradient(x: jax.Array, dy: jax.Array) -> jax.Array:
+    """x^T @ dy over all leading axes, [in, out], laid out for XLA's CPU matmul kernels
+    (`layers.matmul` says why the two reach the product behind an optimization barrier)."""
+    rows_x, rows_dy = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+    if jax.default_backend() == "cpu":
+        rows_x, rows_dy = jax.lax.optimization_barrier((rows_x, rows_dy))
+    return jax.lax.dot_general(rows_x, rows_dy, (((0,), (0,)), ((), ())))
+
+
+@jax.custom_vjp
+def silu_gated_matmul(gate: jax.Array, up: jax.Array, w: jax.Array) -> jax.Array:
+    """(silu(gate) * up) @ w, a SwiGLU MLP's down projection, keeping gate and up (which
+    `silu_gated` keeps anyway) instead of the product, the projection's input: the
+    backward pass recomputes it, elementwise."""
+    return _silu_gated_matmul_forward(gate, up, w)[0]
+
+
+def _silu_gated_matmul_forward(gate: jax.Array, up: jax.Array, w: jax.Array) -> tuple:
+    return (jax.nn.silu(gate) * up) @ w, (gate, up, w)
+
+
+def _silu_gated_matmul_backward(residuals: tuple, dy: jax.Array) -> tuple:
+    gate, up, w = residuals
+    sigmoid = 0.5 + 0.5 * jnp.tanh(0.5 * gate)
+    silu = gate * sigmoid
+    da = dy @ w.T
+    dgate = da * up * (sigmoid + silu * (1 - sigmoid))
+    return dgate, da * silu, weight_gradient(jax.nn.silu(gate) * up, dy)
+
+
+silu_gated_matmul.defvjp(_silu_gated_matmul_forward, _silu_gated_matmul_backward)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

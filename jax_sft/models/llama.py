@@ -17,7 +17,6 @@ from interop.errors import UserError
 from jax_sft.models import kv_cache
 from jax_sft.models.hf_names import TRANSPOSE, NameTable, Rule
 from jax_sft.models.layers import ACTIVATIONS, Embed, Linear, RMSNorm, output_kernel
-from jax_sft.models.lean_backward import silu_gated
 from jax_sft.models.rope import apply_rope, inverse_frequencies, rope_parameters, rope_table
 from jax_sft.models.stacked import decoder_layers, run_layers
 
@@ -138,7 +137,11 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(silu_gated(gate, up) if self.silu else self.act(gate) * up)
+        return (
+            self.down_proj.silu_gated(gate, up)
+            if self.silu
+            else self.down_proj(self.act(gate) * up)
+        )
 
 
 class DecoderLayer(nnx.Module):
