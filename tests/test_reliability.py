@@ -98,33 +98,16 @@ class Case:
 CASES = [
     Case(
         "overwrite with a wrong data path keeps the old run",
-        lambda t, b, p: (
-            old_run(t),
-            [
-                "train",
-                config(t, b),
-                "--overwrite",
-                "--set",
-                f"data.sources=[{{path: {t / 'nope.jsonl'}}}]",
-            ],
-        )[1],
+        lambda t, b, p: (old_run(t), ["train", config(t, b), "--overwrite", "--set",
+                                      f"data.sources=[{{path: {t / 'nope.jsonl'}}}]"])[1],
         2,
         "nope.jsonl: no such data file",
     ),
     Case(
         "every completion truncated away",
-        lambda t, b, p: [
-            "train",
-            config(
-                t,
-                b,
-                data={
-                    "max_seq_len": 4,
-                    "loss_on": "completion",
-                    "sources": [{"path": str(DEMO_DATA / "train.jsonl")}],
-                },
-            ),
-        ],
+        lambda t, b, p: ["train", config(t, b, data={
+            "max_seq_len": 4, "loss_on": "completion",
+            "sources": [{"path": str(DEMO_DATA / "train.jsonl")}]})],
         2,
         "with loss_on completion, truncation to max_seq_len 4 cut off every completion",
     ),
@@ -136,45 +119,29 @@ CASES = [
     ),
     Case(
         "a dense checkpoint is not resumed by a sparse run",
-        lambda t, b, p: [
-            "train",
-            marker(
-                t, b, p, {"training_mode": "dense"}, sparse={"method": "random", "density": 0.05}
-            ),
-        ],
+        lambda t, b, p: ["train", marker(t, b, p, {"training_mode": "dense"},
+                                         sparse={"method": "random", "density": 0.05})],
         2,
         'holds a checkpoint of another run (training_mode: "dense" there, "sparse" here)',
     ),
     Case(
         "a byte that is not UTF-8 in the training data",
-        lambda t, b, p: [
-            "train",
-            config(t, b),
-            "--set",
-            f"data.sources=[{{path: {latin1_data(t)}}}]",
-        ],
+        lambda t, b, p: ["train", config(t, b), "--set",
+                         f"data.sources=[{{path: {latin1_data(t)}}}]"],
         2,
         "bad.jsonl:3: not UTF-8 text (byte 0xe9)",
     ),
     Case(
         "config.json without num_attention_heads",
-        lambda t, b, p: [
-            "train",
-            config(t, b),
-            "--set",
-            f"model.path={edited_base(t, b, num_attention_heads=None)}",
-        ],
+        lambda t, b, p: ["train", config(t, b), "--set",
+                         f"model.path={edited_base(t, b, num_attention_heads=None)}"],
         2,
         "config.json: no 'num_attention_heads', which a llama model needs",
     ),
     Case(
         "config.json with a size given as text",
-        lambda t, b, p: [
-            "train",
-            config(t, b),
-            "--set",
-            f"model.path={edited_base(t, b, hidden_size='64')}",
-        ],
+        lambda t, b, p: ["train", config(t, b), "--set",
+                         f"model.path={edited_base(t, b, hidden_size='64')}"],
         2,
         "config.json: 'hidden_size' must be a positive integer, got '64'",
     ),
@@ -200,15 +167,8 @@ CASES = [
             shutil.copytree(b, t / "out"),
             (t / "out" / "hf").mkdir(),
             (t / "out" / "hf" / "README").write_text("mine"),
-            [
-                "dschat-step1",
-                "--data_path",
-                str(DEMO_DATA / "train.jsonl"),
-                "--model_name_or_path",
-                str(b),
-                "--output_dir",
-                str(t / "out"),
-            ],
+            ["dschat-step1", "--data_path", str(DEMO_DATA / "train.jsonl"),
+             "--model_name_or_path", str(b), "--output_dir", str(t / "out")],
         )[3],
         2,
         "holds files this run did not make (chat_template.jinja, config.json, hf, model.",
@@ -216,10 +176,8 @@ CASES = [
     ),
     Case(
         "convert into a path under a file",
-        lambda t, b, p: (
-            (t / "file").write_text("x"),
-            ["convert", str(b), str(t / "file" / "x"), "--to", "orbax"],
-        )[1],
+        lambda t, b, p: ((t / "file").write_text("x"), ["convert", str(b), str(t / "file" / "x"),
+                                                        "--to", "orbax"])[1],
         2,
         "is a file, not a directory",
         ("jax-sft",),
@@ -243,8 +201,7 @@ CASES = [
         lambda t, b, p: (
             shutil.copytree(b, t / "model"),
             (t / "model" / "model.safetensors").write_bytes(
-                (b / "model.safetensors").read_bytes()[:1000]
-            ),
+                (b / "model.safetensors").read_bytes()[:1000]),
             ["train", config(t, b), "--set", f"model.path={t / 'model'}"],
         )[2],
         2,
