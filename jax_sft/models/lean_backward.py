@@ -13,11 +13,10 @@ so `jax.checkpoint`'s defence does not hold there). Hence two rules here:
 
 Measured on the 52M Llama at batch 8 x 512 (XLA `memory_analysis()` of the train step):
 `silu_gated` keeps gate and up (autodiff of `silu(gate) * up` kept sigmoid(gate) and
-silu(gate) besides): 305 MB less; `rms_norm` keeps the input and the per-token 1/rms:
-160 MB less. `rms_norm` now keeps only its input and recomputes the 1/rms (one
-reduction): a few KB per layer, but one array fewer for a scanned stack to store per
-layer, hence fewer kernels to compile (`models.stacked`). The forward values are the
-plain formulas', bit for bit.
+silu(gate) besides): 305 MB less; `rms_norm` keeps the input alone: 160 MB less (it
+recomputes the per-token 1/rms, one reduction, rather than keep it: a few KB per layer,
+but one array fewer for a scanned stack to store and compile kernels for,
+`models.stacked`). The forward values are the plain formulas', bit for bit.
 
 `silu_gated_matmul`, the down projection with its input silu(gate) * up recomputed in the
 backward pass, breaks the second rule on purpose. Recomputed in a form XLA cannot merge,
