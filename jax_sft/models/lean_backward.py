@@ -13,17 +13,17 @@ so `jax.checkpoint`'s defence does not hold there). Hence two rules here:
 
 Measured on the 52M Llama at batch 8 x 512 (XLA `memory_analysis()` of the train step):
 `silu_gated` keeps gate and up (autodiff of `silu(gate) * up` kept sigmoid(gate) and
-silu(gate) besides): 305 MB less; `rms_norm` keeps the input alone: 160 MB less (it
-recomputes the per-token 1/rms, one reduction, rather than keep it: a few KB per layer,
-but one array fewer for a scanned stack to store and compile kernels for,
-`models.stacked`). The forward values are the plain formulas', bit for bit.
+silu(gate) besides): 305 MB less; `rms_norm` keeps the input and the per-token 1/rms:
+160 MB less (recomputing the 1/rms instead saved a scanned stack one array per layer but
+made the looped 52M gradient 2-5% slower here). The forward values are the plain
+formulas', bit for bit.
 
 `silu_gated_matmul`, the down projection with its input silu(gate) * up recomputed in the
 backward pass, breaks the second rule on purpose. Recomputed in a form XLA cannot merge,
 the products of all layers were scheduled early and the looped 52M step needed 432 MB
 more; recomputed as the forward's expression, XLA merges it back when the layers are
 looped (the step is as before) and cannot when they are scanned, where the forward and
-backward passes are two loops: the scanned 52M step needs 352 MB less (1.95 GB).
+backward passes are two loops: the scanned 52M step needs ~350 MB less (1.95 GB).
 """
 
 from __future__ import annotations
@@ -94,18 +94,14 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
     return _rms_norm_forward(x, scale, eps)[0]
 
 
-def _inverse_rms(h: jax.Array, eps: float) -> jax.Array:
-    return jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + eps)
-
-
 def _rms_norm_forward(x: jax.Array, scale: jax.Array, eps: float) -> tuple[jax.Array, tuple]:
     h = x.astype(jnp.float32)
-    return scale.astype(x.dtype) * (h * _inverse_rms(h, eps)).astype(x.dtype), (x, scale)
+    r = jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + eps)
+    return scale.astype(x.dtype) * (h * r).astype(x.dtype), (x, scale, r)
 
 
 def _rms_norm_backward(eps: float, residuals: tuple, dy: jax.Array) -> tuple:
-    x, scale = residuals
-    r = _inverse_rms(x.astype(jnp.float32), eps)
+    x, scale, r = residuals
     h = x.astype(jnp.float32) * r
     dy = dy.astype(jnp.float32)
     features = h.shape[-1]
