@@ -77,11 +77,8 @@ def _silu_gated_matmul_forward(gate: jax.Array, up: jax.Array, w: jax.Array) -> 
 
 def _silu_gated_matmul_backward(residuals: tuple, dy: jax.Array) -> tuple:
     gate, up, w = residuals
-    sigmoid = 0.5 + 0.5 * jnp.tanh(0.5 * gate)
-    silu = gate * sigmoid
-    da = dy @ w.T
-    dgate = da * up * (sigmoid + silu * (1 - sigmoid))
-    return dgate, da * silu, weight_gradient(jax.nn.silu(gate) * up, dy)
+    dgate, dup = _silu_gated_backward((gate, up), dy @ w.T)
+    return dgate, dup, weight_gradient(jax.nn.silu(gate) * up, dy)
 
 
 silu_gated_matmul.defvjp(_silu_gated_matmul_forward, _silu_gated_matmul_backward)
