@@ -6,6 +6,7 @@ import numpy as np
 from train_fixtures import run_config
 
 from interop.data.batches import Batches
+from jax_sft.core.step import compiler_options
 from jax_sft.train.run import make_engine
 
 CONSTANT = {"type": "constant"}
@@ -98,3 +99,13 @@ def test_remat_recomputes_without_changing_results(tiny_base, tmp_path):
     plain.train_step(batch)
     remat.train_step(batch)
     assert max_param_diff(params_of(plain), params_of(remat)) <= 1e-6
+
+
+def test_compiler_options_leave_what_xla_flags_set_to_the_user(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    assert compiler_options() == {
+        "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
+        "xla_backend_optimization_level": 2,
+    }
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    assert compiler_options() == {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}

@@ -10,6 +10,7 @@ batch of 8. Clipping, Adam and weight decay then act on that averaged gradient.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 
 import jax
@@ -25,14 +26,24 @@ from jax_sft.sharding.placement import Placement, place
 TrainState = dict  # {"params", the mode's trees, "opt_state", "step", "rng"}
 
 
-def compiler_options() -> dict[str, str]:
-    """XLA options for the train and eval steps. On the CPU, XLA's memory-optimized
-    scheduler: under its default (concurrency-optimized) order the train step of the
-    50M Llama at batch 8 x 512 needs 4.44 GB of temporaries, under this one 3.62 GB
-    (`memory_analysis()`), at the same speed on two cores."""
+def compiler_options() -> dict[str, str | int]:
+    """XLA options for the train and eval steps, on the CPU; an option the user's
+    XLA_FLAGS already set is left to it.
+    - The memory-optimized scheduler: under its default (concurrency-optimized) order
+      the train step of the 50M Llama at batch 8 x 512 needs 4.44 GB of temporaries,
+      under this one 3.62 GB (`memory_analysis()`), at the same speed on two cores.
+    - LLVM at -O2, not XLA's default -O3, for the kernels XLA generates (elementwise work
+      and reductions; matmuls run in a library): a scanned step's compile is nearly all
+      kernel generation and takes ~15% less time, and the kernels ran as fast
+      (docs/benchmarks.md)."""
     if jax.default_backend() != "cpu":
         return {}
-    return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+    options = {
+        "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
+        "xla_backend_optimization_level": 2,
+    }
+    user_flags = os.environ.get("XLA_FLAGS", "")
+    return {k: v for k, v in options.items() if f"--{k}=" not in user_flags}
 
 
 def init_state(
