@@ -14,7 +14,9 @@ run except that the emitters fuse some ops differently, which moves temporary by
 temporaries compiles with `xla_settings.REAL_RUN` (the same bytes as under XLA's
 defaults). Keep models shallow: the older emitters compile a deep model with its layers
 looped far more slowly (llama-50m's step at 32 layers, LLVM at its default level: 77-82 s
-against 20 s). Real runs and `make bench` compile with XLA's defaults.
+against 20 s). Real runs and `make bench` compile without these flags (their train and
+eval steps at LLVM -O2, `core.step.compiler_options`, which leaves the level to XLA_FLAGS
+where those set it, as here).
 
 PyTorch computes on one OpenMP thread, here and in the processes tests start: `make test`
 runs two workers on a two-core machine, and OpenMP threads that spin while they wait for
