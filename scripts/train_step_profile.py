@@ -5,7 +5,9 @@ Profiles one forward and backward pass of the benchmark's Llama (`llama-50m`, ba
 `jax.profiler`, then sums the duration of every XLA operation the CPU runtime executed,
 over both worker threads, into four kinds: matmuls (the matmul library's fused kernels
 and plain dots), copies and transposes, other fusions (elementwise work and reductions:
-norms, softmax, rotary, the loss), and the rest. Usage:
+norms, softmax, rotary, the loss), and the rest. The plain dots (the weight gradients,
+x^T dy, which the CPU runtime hands to Eigen) are recorded at launch only, a fraction of
+a millisecond each, so their work is missing from the matmul row. Usage:
 
     python scripts/train_step_profile.py [MODEL] [SEQ] [BATCH]
 """
