@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -11,36 +12,24 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from interop.boundary import run_command
 from interop.errors import UserError
-from jax_sft.commands import (
-    bench,
-    chat,
-    compare,
-    compare_answers,
-    config,
-    convert,
-    dschat_step1,
-    generate,
-    launch,
-    parity,
-    prune,
-    train,
-)
-from jax_sft.commands import eval as eval_command
+from jax_sft.huge_pages import reexec_with_huge_pages
 
+# Modules of jax_sft.commands, imported when the parser is built: the program re-executes
+# itself (`run`) before anything imports JAX.
 COMMANDS = (
-    train,
-    dschat_step1,
-    eval_command,
-    convert,
-    compare,
-    config,
-    bench,
-    launch,
-    parity,
-    prune,
-    generate,
-    compare_answers,
-    chat,
+    "train",
+    "dschat_step1",
+    "eval",
+    "convert",
+    "compare",
+    "config",
+    "bench",
+    "launch",
+    "parity",
+    "prune",
+    "generate",
+    "compare_answers",
+    "chat",
 )
 
 
@@ -54,8 +43,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jax-sft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for module in COMMANDS:
-        module.add_parser(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"jax_sft.commands.{name}").add_parser(sub)
     return parser
 
 
@@ -81,5 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     return run_command("jax-sft", command)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `jax-sft` program: `main` on the command line, in a process whose glibc backs
+    XLA's large buffers with huge pages (`jax_sft.huge_pages`)."""
+    reexec_with_huge_pages()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+from jax_sft import cli
+
 FRAMEWORKS = ("torch", "deepspeed", "jax", "jaxlib", "flax", "optax", "orbax")
 
 
@@ -47,8 +49,7 @@ INTEROP = [
 ]
 JAX_SFT = [
     "jax_sft.cli",
-    "jax_sft.commands.compare",
-    "jax_sft.commands.convert",
+    *(f"jax_sft.commands.{name}" for name in cli.COMMANDS),  # the CLI imports them lazily
     "jax_sft.checkpoints.loading",
     "jax_sft.models.registry",
     "jax_sft.train.engine",

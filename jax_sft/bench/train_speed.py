@@ -5,8 +5,10 @@ real commands, each in its own process, from the same HF directory (random weigh
 BPE tokenizer of 8,192 tokens) on the same rows (pydoc text, every row full). The
 PyTorch side runs DeepSpeed ZeRO-0 with `transformers`' default SDPA attention
 (`--attn_implementation sdpa`), what a PyTorch user gets, not the eager attention parity
-runs use. Rounds alternate the backends and cases so that the machine's drift falls on
-both; the ratio of medians is `jax_over_torch_tokens_per_s`.
+runs use, in the environment `jax-sft bench` was started with: without the huge-page
+tunable the `jax-sft` program adds for itself (`jax_sft.huge_pages`). Rounds alternate
+the backends and cases so that the machine's drift falls on both; the ratio of medians
+is `jax_over_torch_tokens_per_s`.
 
 Per run: steady tokens/s (the median over the steps after the first two, read from the
 run's `metrics.jsonl`, logged every step), the first step's seconds (compilation
@@ -35,6 +37,7 @@ from interop.data.tokenizer import pydoc_texts
 from interop.errors import BackendError, UserError
 from interop.plots import grouped_bars
 from interop.tiny_configs import tiny_config
+from jax_sft.huge_pages import environ_as_started
 from jax_sft.models.flops import train_flops_per_token
 from jax_sft.train.base_model import ensure_base
 
@@ -103,11 +106,13 @@ def run_once(backend: str, config: Path) -> dict:
     """One training run of `backend` ("jax" or "torch"): its step times and peak RSS."""
     if backend == "jax":
         cmd = [sys.executable, "-m", "jax_sft.cli", "train", str(config), "--overwrite"]
+        env = dict(os.environ)
     else:
         cmd = [sys.executable, "-m", "torch_ref.cli", "train", str(config), "--overwrite"]
         cmd += ["--attn_implementation", "sdpa"]
+        env = environ_as_started(os.environ)
     with open(os.devnull, "w") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.PIPE, text=True, env=env)
         err = proc.stderr.read()
         _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
