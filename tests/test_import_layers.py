@@ -3,10 +3,10 @@
 Read statically (`ast`), so imports inside functions count too: a lazy import that points
 up the layers is still an upward dependency. Layers, lowest first:
 
-- jax_sft: models and sharding; checkpoints, core (tree helpers, loss, forward, the
-  training-mode protocol, optimizer and jitted steps) and generate; sparse, lora and
-  prune (training modes); train (setup, engine, runs) and serve (answering prompts);
-  bench; commands; cli and the package root. A package
+- jax_sft: models, sharding and huge_pages (the process's memory); checkpoints, core
+  (tree helpers, loss, forward, the training-mode protocol, optimizer and jitted steps)
+  and generate; sparse, lora and prune (training modes); train (setup, engine, runs) and
+  serve (answering prompts); bench; commands; cli and the package root. A package
   imports only from lower layers (never a peer), and no command imports another.
 - torch_ref: one layer per module (see TORCH_LAYERS).
 - interop: imports neither backend.
@@ -22,6 +22,7 @@ PACKAGES = ("jax_sft", "torch_ref", "interop")
 JAX_LAYERS = {
     "models": 0,
     "sharding": 0,
+    "huge_pages": 0,
     "checkpoints": 1,
     "core": 1,
     "generate": 1,
