@@ -78,7 +78,7 @@ def reexec_with_huge_pages() -> None:
     """Re-execute this program (same interpreter, same arguments) with the tunable set,
     where it would take effect and is not set yet; otherwise return."""
     env = huge_page_environ(os.environ, thp_mode(), glibc_version())
-    if env is not None:
+    if env is not None and sys.executable:  # an embedded interpreter has no executable
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, sys.orig_argv, env)
