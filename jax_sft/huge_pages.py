@@ -4,9 +4,8 @@ XLA's CPU runtime gives each run of a compiled step its temporaries as one buffe
 0.8 GB for llama-10m at batch 8 x 512, 2.6 GB for llama-50m), taken with `malloc` and
 freed when the step ends. glibc serves a block that large with a fresh `mmap` and returns
 it with `munmap`, so every step the kernel faults the buffer in again one 4 KiB page at
-a time, zeroing each page: about 200,000 page faults a step at 10M, over 600,000 at 52M. The
-huge pages below shorten a step by 18% at 10M and 7% at 52M on a 2-core machine
-(`docs/benchmarks.md`).
+a time, zeroing each page: hundreds of thousands of page faults a step, a sizeable share
+of a CPU step (`docs/benchmarks.md`, "Huge pages for XLA's step buffers", has the figures).
 
 With the glibc tunable `glibc.malloc.hugetlb=1` (glibc 2.35 and later) `malloc` advises
 `MADV_HUGEPAGE` on such blocks; where the kernel's transparent huge pages are in their
